@@ -1,0 +1,1 @@
+"""Converters: a :class:`~longrope_export.spec.LongRoPESpec` into each runtime's own form."""

@@ -1,0 +1,1 @@
+"""Validation: checks that an artifact computes the LongRoPE its spec says."""
