@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import CheckFailed, InputError, LongRoPEExportError, RuntimeUnavailable  # noqa: E402
-from .spec import LongRoPESpec  # noqa: E402
+from .errors import CheckFailed, InputError, LongRoPEExportError, RuntimeUnavailable
+from .spec import LongRoPESpec
 
 __all__ = ["CheckFailed", "InputError", "LongRoPEExportError", "LongRoPESpec", "RuntimeUnavailable",
            "__version__", "load_model"]

@@ -17,8 +17,7 @@ from . import __version__
 from .checkpoint import CopiedFile, atomic_output_dir, check_safetensors, copy_verified, files_to_copy, write_text
 from .errors import InputError
 from .registry import Architecture, architecture_for
-from .sources import (FactorSource, model_geometry, read_factor_source, read_json, sha256_file,
-                      spec_from_config)
+from .sources import FactorSource, model_geometry, read_factor_source, read_json, sha256_file, spec_from_config
 from .spec import FactorRows, LongRoPESpec, build_spec, check_factor_rows, collapse_rows
 
 LONGROPE_JSON = "longrope.json"

@@ -9,8 +9,7 @@ from typing import Any
 from . import rope
 from .errors import InputError
 from .registry import ARCHITECTURES
-from .sources import (SPEC_SCHEMA, model_geometry, read_factor_table, read_json, rope_block, rope_type,
-                      spec_from_config)
+from .sources import SPEC_SCHEMA, model_geometry, read_factor_table, read_json, rope_block, rope_type, spec_from_config
 from .spec import FactorRows, LongRoPESpec, collapse_rows, factor_warnings
 
 #: microsoft/LongRoPE's published file names: {eval_len}_{la2|mis}_{ft_len}; both models start at 4096.

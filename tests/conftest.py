@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import build_checkpoint  # noqa: E402
+from tiny_models import build_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = Path(os.environ.get("LONGROPE_SHARED_DATA", SHARED / "data"))
