@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .errors import EXIT_CHECK_FAILED, LongRoPEExportError, exit_code_for
+from .errors import LongRoPEExportError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -193,33 +193,44 @@ def convert_command(model_dir: Path, target_format: str, output: Path, as_json: 
     _run_bake(model_dir, output, as_json, **kw)
 
 
-@main.group("validate")
-def validate_group() -> None:
-    """Checks that an artifact computes the LongRoPE its spec says (exit 0 pass, 1 fail)."""
-
-
-@validate_group.command("rope")
-@click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@main.command("demo")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
+              help="Folder for the baked model, the reports and the plot.")
+@click.option("--force", is_flag=True, help="Write into an existing folder.")
 @json_option
 @handle_errors
-def validate_rope_command(model_dir: Path, report: Path | None, as_json: bool) -> None:
-    """Check that stock transformers computes the spec in MODEL_DIR/longrope.json (fp32, bitwise)."""
-    from validation.rope_check import check_rope
+def demo_command(output: Path, force: bool, as_json: bool) -> None:
+    """Run the main job end to end on the bundled demo model (a tiny Llama trained on the KJV text).
 
-    result = check_rope(model_dir)
-    write_report(report, result)
-    emit(result, as_json, _print_rope_check)
-    if not result["passed"]:
-        sys.exit(EXIT_CHECK_FAILED)
+    \b
+    DIR/model/          the baked checkpoint (8x context)
+    DIR/reports/        rope.json, perplexity.json, passkey.json, summary.json
+    DIR/perplexity.png  perplexity against context length, one curve per method
+    """
+    from .demo import run_demo
+
+    summary = run_demo(output, force, progress=lambda message: click.echo(message, err=True))
+    emit(summary, as_json, _print_demo)
 
 
-def _print_rope_check(result: dict[str, Any]) -> None:
-    for item in result["comparisons"]:
-        status = "ok  " if item["bitwise_equal"] else "FAIL"
-        click.echo(f"{status} {item['name']:<26} positions {item['positions']} max abs error "
-                   f"{item['max_abs_error']:.3g} {item['note']}")
-    click.echo("passed" if result["passed"] else "FAILED")
+def _print_demo(summary: dict[str, Any]) -> None:
+    click.echo("perplexity at 8x the trained context (held-out half 1 / half 2):")
+    for name, halves in summary["perplexity_at_8x"].items():
+        h1, h2 = halves["half1"], halves["half2"]
+        click.echo(f"  {name:<52} {h1['perplexity']:8.2f} +- {h1['stderr']:.2f}   "
+                   f"{h2['perplexity']:8.2f} +- {h2['stderr']:.2f}")
+    click.echo(f"same order on both halves: {summary['same_order_on_both_halves']}; "
+               f"no scaling worse at 8x than 1x: {summary['no_scaling_worse_at_8x_than_1x']}")
+    click.echo(f"passkey accuracy: {summary['passkey']}")
+
+
+def _register_subcommands() -> None:
+    from .cli_validate import validate_group
+
+    main.add_command(validate_group)
+
+
+_register_subcommands()
 
 
 if __name__ == "__main__":  # pragma: no cover

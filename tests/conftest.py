@@ -24,7 +24,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest() + oct(path.stat().st_mode)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[str(path.relative_to(folder))] = f"{digest} {oct(path.stat().st_mode)}"
     return out
 
 

@@ -47,8 +47,8 @@ def probe_positions(spec: LongRoPESpec) -> list[int]:
 def _compare(name: str, runtime: str, regime: str, positions: list[int],
              got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
              note: str = "") -> RopeComparison:
-    err = max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want))
-    equal = all(torch.equal(g.float(), w.float()) for g, w in zip(got, want))
+    err = max(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want, strict=True))
+    equal = all(torch.equal(g.float(), w.float()) for g, w in zip(got, want, strict=True))
     return RopeComparison(name, runtime, regime, positions, err, equal, note)
 
 

@@ -1,0 +1,183 @@
+"""``longrope-export validate ...``: checks that exit 0 on pass and 1 on failure."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import emit, handle_errors, json_option, write_report
+from .errors import EXIT_CHECK_FAILED, InputError
+
+
+def parse_lengths(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--lengths {text!r} is not a comma-separated list of integers",
+                         fix="e.g. --lengths 256,512,1024") from None
+    if not lengths or min(lengths) < 2:
+        raise InputError(f"--lengths {text!r} must hold integers >= 2", fix="e.g. --lengths 256,512,1024")
+    return lengths
+
+
+@click.group("validate")
+def validate_group() -> None:
+    """Checks that an artifact computes the LongRoPE its spec says (exit 0 pass, 1 fail)."""
+
+
+@validate_group.command("rope")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@json_option
+@handle_errors
+def validate_rope_command(model_dir: Path, report: Path | None, as_json: bool) -> None:
+    """Check that stock transformers computes the spec in MODEL_DIR/longrope.json (fp32, bitwise)."""
+    from validation.rope_check import check_rope
+
+    result = check_rope(model_dir)
+    write_report(report, result)
+    emit(result, as_json, _print_rope_check)
+    if not result["passed"]:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _print_rope_check(result: dict[str, Any]) -> None:
+    for item in result["comparisons"]:
+        status = "ok  " if item["bitwise_equal"] else "FAIL"
+        click.echo(f"{status} {item['name']:<26} positions {item['positions']} max abs error "
+                   f"{item['max_abs_error']:.3g} {item['note']}")
+    click.echo("passed" if result["passed"] else "FAILED")
+
+
+
+
+def load_runtime(model: Path, runtime: str, device: str, spec: Any = None) -> Any:
+    """The runtime that runs MODEL (torch for a checkpoint folder)."""
+    if runtime == "torch":
+        from validation.torch_runtime import TorchRuntime
+
+        return TorchRuntime.load(model, spec=spec, device=device)
+    raise InputError(f"--runtime {runtime} is not available in this build", fix="use --runtime torch")
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise InputError(f"no tokenizer ({' '.join(str(error).split())[:200]})", path=path,
+                         fix="give --tokenizer DIR with tokenizer files") from None
+
+
+def baseline_labels(text: str | None) -> list[str]:
+    from .baselines import METHODS
+
+    labels = [part.strip() for part in (text or "").split(",") if part.strip()]
+    unknown = [label for label in labels if label not in METHODS]
+    if unknown:
+        raise InputError(f"--baselines {','.join(unknown)} unknown", fix=f"choose from {', '.join(METHODS)}")
+    return labels
+
+
+runtime_option = click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "llama.cpp"]),
+                              default="torch", show_default=True, help="Runtime that runs MODEL.")
+device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                             help="torch device (cuda: fp32 rotary math with TF32 off).")
+
+
+@validate_group.command("perplexity")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Text file(s) (.gz allowed); repeat --data for several.")
+@click.option("--lengths", default="256,512,1024,2048", show_default=True, help="Context lengths, comma-separated.")
+@click.option("--stride", type=int, help="Sliding windows scoring their last N tokens (default: non-overlapping).")
+@click.option("--max-tokens", type=int, help="Cap the scored tokens per length.")
+@click.option("--baselines", help="Also run these specs on the same weights: none,pi,ntk,yarn,longrope-init.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (default: MODEL).")
+@runtime_option
+@device_option
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of perplexity against length.")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@json_option
+@handle_errors
+def validate_perplexity_command(model: Path, data: tuple[Path, ...], lengths: str, stride: int | None,
+                                max_tokens: int | None, baselines: str | None, tokenizer: Path | None,
+                                runtime: str, device: str, plot: Path | None, report: Path | None,
+                                as_json: bool) -> None:
+    """Perplexity of MODEL on long documents at several context lengths (mean and standard error)."""
+    from validation.perplexity import as_dicts, perplexity, read_documents, windows
+    from validation.perplexity import plot as plot_points
+
+    points_lengths = parse_lengths(lengths) or []
+    ids = _encode(load_tokenizer(tokenizer or model), read_documents(data))
+    runs = [("model", None)] + [(label, label) for label in baseline_labels(baselines)]
+    points = []
+    for label, method in runs:
+        run = load_runtime(model, runtime, device, _baseline_for(model, method) if method else None)
+        for length in points_lengths:
+            count = len(windows(len(ids), length, stride, max_tokens))
+            with click.progressbar(length=count, label=f"{label} @ {length}", file=sys.stderr) as bar:
+                points.append(perplexity(run, ids, length, label, stride, max_tokens,
+                                         on_window=lambda bar=bar: bar.update(1)))
+    result = {"model": str(model), "runtime": runtime, "data": [str(d) for d in data], "tokens": len(ids),
+              "points": as_dicts(points)}
+    if plot:
+        plot_points(points, plot, f"{model.name}: perplexity vs context")
+    write_report(report, result)
+    emit(result, as_json, _print_perplexity)
+
+
+def _encode(tokenizer: Any, text: str) -> Any:
+    import torch
+
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int64)
+
+
+def _baseline_for(model: Path, method: str) -> Any:
+    from .baselines import baseline_spec
+    from .hf_loader import checkpoint_spec
+
+    spec = checkpoint_spec(model)
+    return baseline_spec(method, rotary_dim=spec.rotary_dim, rope_theta=spec.rope_theta,
+                         original=spec.original_max_position_embeddings, target=spec.max_position_embeddings)
+
+
+def _print_perplexity(result: dict[str, Any]) -> None:
+    click.echo(f"{'method':<16}{'length':>8}{'ppl':>10}{'stderr':>9}{'windows':>9}{'tokens':>9}  factors")
+    for p in result["points"]:
+        click.echo(f"{p['label']:<16}{p['length']:>8}{p['perplexity']:>10.3f}{p['stderr']:>9.3f}"
+                   f"{p['windows']:>9}{p['tokens']:>9}  {p['factor_set']}")
+
+
+@validate_group.command("passkey")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--lengths", default="256,2048", show_default=True, help="Prompt lengths, comma-separated.")
+@click.option("--trials", type=int, default=10, show_default=True, help="Trials per length.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (default: MODEL).")
+@runtime_option
+@device_option
+@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@json_option
+@handle_errors
+def validate_passkey_command(model: Path, lengths: str, trials: int, seed: int, tokenizer: Path | None,
+                             runtime: str, device: str, report: Path | None, as_json: bool) -> None:
+    """Passkey retrieval accuracy of MODEL per prompt length."""
+    from validation.passkey import as_dicts, passkey
+
+    tok = load_tokenizer(tokenizer or model)
+    run = load_runtime(model, runtime, device)
+    results = []
+    for length in parse_lengths(lengths) or []:
+        with click.progressbar(length=trials, label=f"passkey @ {length}", file=sys.stderr) as bar:
+            results.append(passkey(run, tok, length, trials, "model", seed, on_trial=lambda: bar.update(1)))
+    data = {"model": str(model), "runtime": runtime, "results": as_dicts(results)}
+    write_report(report, data)
+    emit(data, as_json, lambda d: [click.echo(f"{r['length']:>8} tokens: {r['correct']}/{r['trials']} "
+                                              f"({r['factor_set']} factors)") for r in d["results"]])
