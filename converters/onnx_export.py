@@ -15,13 +15,14 @@ switch, and what a runtime must do with its KV cache there, is recorded in ``met
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from longrope_export import __version__, rope
+from longrope_export.bake import BakeOptions
 from longrope_export.checkpoint import atomic_output_dir
-from longrope_export.errors import InputError
+from longrope_export.errors import InputError, OutputExistsError
 from longrope_export.registry import architecture_for
 from longrope_export.sources import model_geometry, read_json
 from longrope_export.spec import LongRoPESpec
@@ -217,13 +218,50 @@ def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec, options: Onnx
     return OnnxExportResult(output, model_path, spec, opset, options.rotary, external, size, notes)
 
 
+def convert_to_onnx(model_dir: Path, output: Path, options: OnnxOptions = OnnxOptions(),
+                    bake_options: BakeOptions | None = None) -> OnnxExportResult:
+    """``convert --to onnx``: export a baked checkpoint, or bake ``model_dir`` first (into a temporary
+    folder, same options as ``bake``) when ``bake_options`` asks for any change.
+
+    Every option and the output folder are checked before anything is baked or written.
+    """
+    import tempfile
+
+    from longrope_export.bake import bake
+    from longrope_export.hf_loader import checkpoint_spec
+
+    model_dir, output = Path(model_dir), Path(output)
+    _check_options(options)
+    if output.exists() and not options.force:
+        raise OutputExistsError("output already exists", path=output, fix="pass --force to replace it")
+    if not (model_dir / "config.json").exists():
+        raise InputError("model folder has no config.json", path=model_dir, fix="give a Hugging Face checkpoint folder")
+    architecture_for(read_json(model_dir / "config.json"), str(model_dir / "config.json"))
+    if bake_options is None or not wants_bake(bake_options):
+        return export_onnx(model_dir, output, checkpoint_spec(model_dir), options)
+    with tempfile.TemporaryDirectory(prefix="longrope-onnx-") as scratch:
+        baked = Path(scratch) / "baked"
+        result = bake(model_dir, baked, replace(bake_options, link=True, force=False))
+        exported = export_onnx(baked, output, result.spec, options)
+    exported.notes[:0] = result.notes
+    return exported
+
+
+def wants_bake(options: BakeOptions) -> bool:
+    """True when the options change the checkpoint's LongRoPE (factors, contexts, policy, n_hat...)."""
+    return any(value is not None for value in (
+        options.factors, options.short_factors, options.policy, options.start_token,
+        options.original_max_position_embeddings, options.max_position_embeddings, options.attention_factor))
+
+
 def read_onnx_spec(path: Path) -> tuple[LongRoPESpec, dict[str, str]]:
     """The spec and ``longrope.*`` metadata of an exported model (external data is not loaded)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises its own DecodeError
+    except (DecodeError, OSError, ValueError) as error:
         raise InputError(f"not a readable ONNX model ({type(error).__name__})", path=path,
                          fix="give a model.onnx written by longrope-export convert --to onnx") from None
     props = {prop.key: prop.value for prop in model.metadata_props if prop.key.startswith(META_PREFIX)}
