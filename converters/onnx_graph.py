@@ -120,7 +120,7 @@ class WeightSink:
         self._handle = open(external_path, "wb") if external_path else None  # noqa: SIM115
 
     def add(self, name: str, array: np.ndarray) -> str:
-        from onnx import TensorProto, external_data_helper, helper, numpy_helper
+        from onnx import TensorProto, helper, numpy_helper
 
         array = np.ascontiguousarray(array)
         self.nbytes += array.nbytes
@@ -132,7 +132,9 @@ class WeightSink:
         self._handle.write(b"\0" * pad)
         self.offset += pad
         self._handle.write(array.tobytes())
-        external_data_helper.set_external_data(tensor, self.location, self.offset, array.nbytes)
+        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
         tensor.data_location = TensorProto.EXTERNAL
         self.offset += array.nbytes
         self.initializers.append(tensor)
