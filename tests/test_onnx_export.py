@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import FACTORS
-from onnx_cases import ORIGINAL, onnx_cases, onnx_root, token_ids  # noqa: F401
+from onnx_cases import ORIGINAL, onnx_cases, onnx_root, token_ids
 
 from converters.onnx_export import OnnxOptions, export_onnx, read_onnx_spec
 from longrope_export import rope
@@ -19,6 +19,8 @@ from longrope_export.cli import main
 from longrope_export.inspection import inspect_path, spec_summary
 
 onnx = pytest.importorskip("onnx")
+
+FIXTURES = (onnx_cases, onnx_root)  # session fixtures shared with the other ONNX test module
 
 
 def test_graph_has_one_custom_node_per_rotary_use(onnx_cases, onnx_root) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx_cases import ORIGINAL, onnx_cases, onnx_root, token_ids, tolerance  # noqa: F401
+from onnx_cases import ORIGINAL, onnx_cases, onnx_root, token_ids, tolerance
 
 from validation.onnx_runtime import OnnxCausalLM
 
 pytest.importorskip("onnxruntime")
+
+FIXTURES = (onnx_cases, onnx_root)  # session fixtures shared with the other ONNX test module
 
 
 def _error(got: np.ndarray, want: np.ndarray) -> float:

@@ -1,0 +1,62 @@
+"""Print the measured ONNX parity figures the tests assert on (not collected by pytest).
+
+Usage: python tests/onnx_figures.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from onnx_cases import ORIGINAL, build_cases, token_ids, tolerance  # noqa: E402
+
+from validation.onnx_runtime import OnnxCausalLM  # noqa: E402
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        cases = build_cases(root / "cases")
+        print("case            rotary    length  max|err|   tolerance  logit scale")
+        for name, case in cases.items():
+            modes = ("function", "opset23", "contrib") if name in ("llama", "phi3") else ("function",)
+            for rotary in modes:
+                model = OnnxCausalLM(case.export(root, rotary=rotary))
+                for length in (64, 300):
+                    ids = token_ids(length)
+                    want = case.reference(ids)
+                    err = float(np.abs(model.logits(ids) - want).max())
+                    print(f"{name:<15} {rotary:<9} {length:>6}  {err:.3e}  {tolerance(want):.3e}  "
+                          f"{np.abs(want).max():.3f}")
+        llama = cases["llama"]
+        spec = llama.spec
+        wrong = {"swapped": spec.replace(long_factors=spec.short_factors, short_factors=spec.long_factors),
+                 "reversed": spec.replace(long_factors=tuple(r[::-1] for r in spec.long_factors),
+                                          short_factors=tuple(r[::-1] for r in spec.short_factors))}
+        for label, bad in wrong.items():
+            model = OnnxCausalLM(llama.export(root, spec=bad, label=label))
+            for length in (64, 300):
+                ids = token_ids(length)
+                want = llama.reference(ids)
+                print(f"wrong factors ({label}) llama {length}: max|err| "
+                      f"{np.abs(model.logits(ids) - want).max():.3e} (tolerance {tolerance(want):.3e})")
+        ids = token_ids(300)
+        want = np.concatenate([llama.reference(ids[:ORIGINAL]), llama.reference(ids)[ORIGINAL:]])
+        model = OnnxCausalLM(llama.export(root))
+        for policy in ("recompute", "keep"):
+            got = model.decode(ids, prompt_len=240, kv_policy=policy).logits
+            print(f"llama KV decode 240->300, kv_policy {policy}: max|err| before the switch "
+                  f"{np.abs(got[:ORIGINAL] - want[:ORIGINAL]).max():.3e}, after "
+                  f"{np.abs(got[ORIGINAL:] - want[ORIGINAL:]).max():.3e}")
+        for target in (8192, 2_097_152):
+            path = llama.export(root, spec=spec.replace(max_position_embeddings=target), label=f"t{target}")
+            print(f"target {target}: model.onnx {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
