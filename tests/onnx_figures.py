@@ -13,9 +13,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from onnx_cases import ORIGINAL, build_cases, token_ids, tolerance  # noqa: E402
+from onnx_cases import ORIGINAL, build_cases, token_ids, tolerance
 
-from validation.onnx_runtime import OnnxCausalLM  # noqa: E402
+from validation.onnx_runtime import OnnxCausalLM
 
 
 def main() -> None:

@@ -128,3 +128,24 @@ def test_fp16_export_tracks_fp32(onnx_cases, onnx_root) -> None:
     assert got.dtype == np.float32
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95
     assert _error(got, want) < 0.05 * float(np.abs(want).max())
+
+
+def test_left_padding_batch_matches_transformers(onnx_cases, onnx_root) -> None:
+    """Batch of a 300-token row and a left-padded 200-token row: the switch is decided by the
+    batch's largest position id (300 > 256: long factors for both rows, as in transformers)."""
+    import torch
+
+    case = onnx_cases["llama"]
+    ids = np.stack([token_ids(300), np.concatenate([np.zeros(100, np.int64), token_ids(200)])])
+    mask = np.ones_like(ids)
+    mask[1, :100] = 0
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    positions[mask == 0] = 1  # what transformers' generate puts at padded positions
+    got, _ = OnnxCausalLM(case.export(onnx_root)).forward(ids, attention_mask=mask, position_ids=positions)
+    with torch.no_grad():
+        want = case.reference_model()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                      position_ids=torch.from_numpy(positions)).logits.numpy()
+    real = mask.astype(bool)
+    assert _error(got[real], want[real]) <= tolerance(want[real]), _error(got[real], want[real])
+    alone = case.reference(token_ids(200))  # the same row unpadded runs the short factors
+    assert _error(got[1, 100:], alone) > 100 * tolerance(alone)
