@@ -83,7 +83,9 @@ def _bake(kind: str, folder: Path, options: BakeOptions, **overrides: Any) -> Pa
 
 def build_cases(root: Path) -> dict[str, Case]:
     """llama (switch, n_hat 4, LLaMA2 2048k/4k factors), phi3 (switch, Phi-3.5 factors), mistral
-    (GQA 4/2 heads, long-only, Mistral 2048k factors), mistral with a kept sliding window of 128."""
+    (GQA 4/2 heads, long-only, Mistral 2048k factors), mistral with a kept sliding window of 128,
+    phi3-partial (Phi-4-mini style: head_dim 128, partial_rotary_factor 0.75, the 48 Phi-3.5
+    factors) and qwen2 (q/k/v biases, long-only LLaMA2 factors)."""
     cases = {}
     llama = _bake("llama", root / "llama", BakeOptions(
         factors=FACTORS / "2048k_la2_256k.csv", short_factors=FACTORS / "4k_la2_256k.csv",
@@ -94,10 +96,16 @@ def build_cases(root: Path) -> dict[str, Case]:
     mistral = _bake("mistral", root / "mistral", BakeOptions(
         factors=FACTORS / "2048k_mis_256k.csv", original_max_position_embeddings=ORIGINAL,
         max_position_embeddings=TARGET), num_attention_heads=4, num_key_value_heads=2)
+    partial = _bake("phi3", root / "phi3-partial", BakeOptions(
+        factors=PHI35_CONFIG, original_max_position_embeddings=ORIGINAL, max_position_embeddings=TARGET),
+        original_max_position_embeddings=ORIGINAL, hidden_size=256, partial_rotary_factor=0.75)
+    qwen2 = _bake("llama", root / "qwen2", BakeOptions(  # the llama geometry, as a Qwen2 model
+        factors=FACTORS / "2048k_la2_256k.csv", max_position_embeddings=TARGET), model_type="qwen2")
     window = _bake("mistral", root / "mistral-window", BakeOptions(
         factors=FACTORS / "2048k_mis_256k.csv", original_max_position_embeddings=ORIGINAL,
         max_position_embeddings=TARGET, sliding_window="keep"), sliding_window=128)
-    for name, baked in (("llama", llama), ("phi3", phi3), ("mistral", mistral), ("mistral-window", window)):
+    for name, baked in (("llama", llama), ("phi3", phi3), ("mistral", mistral), ("mistral-window", window),
+                        ("phi3-partial", partial), ("qwen2", qwen2)):
         cases[name] = Case(name, baked, checkpoint_spec(baked))
     return cases
 

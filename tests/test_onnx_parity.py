@@ -18,7 +18,7 @@ def _error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max())
 
 
-@pytest.mark.parametrize("name", ["llama", "phi3", "mistral", "mistral-window"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "mistral", "mistral-window", "phi3-partial", "qwen2"])
 @pytest.mark.parametrize("length", [64, 300])
 def test_logits_match_transformers(onnx_cases, onnx_root, name: str, length: int) -> None:
     case = onnx_cases[name]
@@ -38,7 +38,7 @@ def test_switch_boundary_matches_transformers(onnx_cases, onnx_root, length: int
     assert _error(OnnxCausalLM(case.export(onnx_root)).logits(ids), want) <= tolerance(want)
 
 
-@pytest.mark.parametrize("name", ["llama", "phi3"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "phi3-partial"])
 @pytest.mark.parametrize("rotary", ["opset23", "contrib"])
 def test_rotary_lowerings_agree(onnx_cases, onnx_root, name: str, rotary: str) -> None:
     case = onnx_cases[name]
