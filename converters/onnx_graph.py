@@ -284,7 +284,8 @@ class DecoderBuilder:
         keys = self.op("Concat", [f"past_key_values.{layer}.key", k_rot], name=f"present.{layer}.key", axis=2)
         values = self.op("Concat", [f"past_key_values.{layer}.value", v], name=f"present.{layer}.value", axis=2)
         attended = self.attention(q_rot, keys, values, mask, layer)
-        out = self.linear(attended, self.weights.get(f"{prefix}.self_attn.o_proj.weight"), f"{prefix}.self_attn.o_proj")
+        out = self.linear(attended, self.weights.get(f"{prefix}.self_attn.o_proj.weight"), f"{prefix}.self_attn.o_proj",
+                          self.optional(f"{prefix}.self_attn.o_proj.bias"))
         hidden = self.op("Add", [hidden, out])
         normed = self.rms_norm(hidden, f"{prefix}.post_attention_layernorm.weight")
         return self.op("Add", [hidden, self.mlp(layer, normed)])
@@ -314,8 +315,8 @@ class DecoderBuilder:
             del fused
         else:
             gate_w, up_w = self.weights.get(f"{prefix}.gate_proj.weight"), self.weights.get(f"{prefix}.up_proj.weight")
-        gate = self.linear(x, gate_w, f"{prefix}.gate_proj")
-        up = self.linear(x, up_w, f"{prefix}.up_proj")
+        gate = self.linear(x, gate_w, f"{prefix}.gate_proj", self.optional(f"{prefix}.gate_proj.bias"))
+        up = self.linear(x, up_w, f"{prefix}.up_proj", self.optional(f"{prefix}.up_proj.bias"))
         act = self.op("Mul", [gate, self.op("Sigmoid", [gate])])
         return self.linear(self.op("Mul", [act, up]), self.weights.get(f"{prefix}.down_proj.weight"),
-                           f"{prefix}.down_proj")
+                           f"{prefix}.down_proj", self.optional(f"{prefix}.down_proj.bias"))
