@@ -42,7 +42,6 @@ OP_TYPE = "LongRoPE"
 CONTRIB_DOMAIN = "com.microsoft"
 #: Lowest default-domain opset each lowering needs (ReduceMean/Slice inputs: 18; RotaryEmbedding: 23).
 MIN_OPSET: dict[str, int] = {"function": 18, "opset23": 23, "contrib": 18}
-INT64_MAX = 2**63 - 1
 
 
 def rotary_attributes(spec: LongRoPESpec, layer: int) -> dict[str, Any]:
@@ -65,12 +64,18 @@ class _Body:
     count: int = 0
 
     def op(self, op_type: str, inputs: list[str], domain: str = "", **attrs: Any) -> str:
+        return self.ops(op_type, inputs, 1, domain, **attrs)[0]
+
+    def ops(self, op_type: str, inputs: list[str], n_out: int, domain: str = "", **attrs: Any) -> list[str]:
+        """One node with ``n_out`` outputs. Nodes are named: onnxruntime 1.20's fusions reject a
+        graph whose inlined, unnamed nodes end up with the same generated name."""
         from onnx import helper
 
         self.count += 1
-        out = f"{op_type.lower()}_{self.count}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], domain=domain, **attrs))
-        return out
+        outs = [f"{op_type.lower()}_{self.count}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.count}", domain=domain,
+                                           **attrs))
+        return outs
 
     def ref(self, attr: str, ref_name: str, kind: int) -> str:
         """A Constant whose value is the calling node's attribute ``ref_name``."""
@@ -78,7 +83,7 @@ class _Body:
 
         self.count += 1
         out = f"{ref_name}_{self.count}"
-        node = helper.make_node("Constant", [], [out])
+        node = helper.make_node("Constant", [], [out], name=f"Constant_{self.count}")
         node.attribute.append(helper.make_attribute_ref(attr, kind))
         node.attribute[-1].ref_attr_name = ref_name
         self.nodes.append(node)
@@ -91,7 +96,7 @@ class _Body:
         self.count += 1
         out = f"const_{self.count}"
         tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype), out)
-        self.nodes.append(helper.make_node("Constant", [], [out], value=tensor))
+        self.nodes.append(helper.make_node("Constant", [], [out], name=f"Constant_{self.count}", value=tensor))
         return out
 
 
@@ -121,35 +126,32 @@ def _half_angles(body: _Body) -> tuple[str, str]:
     return cos, sin
 
 
-def _rotate_function(body: _Body, cos: str, sin: str, partial: bool) -> str:
+def _rotate_function(body: _Body, cos: str, sin: str, rotary_dim: int, head_dim: int) -> str:
     """``x * cos + rotate_half(x) * sin`` on the first ``rot`` channels (transformers' form)."""
-    from onnx import AttributeProto
-
-    plain_inv = body.ref("value_floats", "original_inv_freq", AttributeProto.FLOATS)
-    half = body.op("Shape", [plain_inv])
-    rot = body.op("Mul", [half, body.const([2])])
-    zero, last = body.const([0]), body.const([-1])
     heads_axis = body.const([1])
     cos4 = body.op("Unsqueeze", [body.op("CastLike", [body.op("Concat", [cos, cos], axis=-1), "X"]), heads_axis])
     sin4 = body.op("Unsqueeze", [body.op("CastLike", [body.op("Concat", [sin, sin], axis=-1), "X"]), heads_axis])
-    x_rot = body.op("Slice", ["X", zero, rot, last]) if partial else "X"
-    x1 = body.op("Slice", [x_rot, zero, half, last])
-    x2 = body.op("Slice", [x_rot, half, rot, last])
+    x_rot, x_pass = "X", None
+    if rotary_dim < head_dim:
+        x_rot, x_pass = body.ops("Split", ["X", body.const([rotary_dim, head_dim - rotary_dim])], 2, axis=-1)
+    x1, x2 = body.ops("Split", [x_rot], 2, axis=-1, num_outputs=2)
     rotated = body.op("Concat", [body.op("Neg", [x2]), x1], axis=-1)
     y_rot = body.op("Add", [body.op("Mul", [x_rot, cos4]), body.op("Mul", [rotated, sin4])])
-    if not partial:
-        return y_rot
-    x_pass = body.op("Slice", ["X", rot, body.const([INT64_MAX]), last])
-    return body.op("Concat", [y_rot, x_pass], axis=-1)
+    return y_rot if x_pass is None else body.op("Concat", [y_rot, x_pass], axis=-1)
 
 
 def _rotate_opset23(body: _Body, cos: str, sin: str, rotary_dim: int, partial: bool) -> str:
     """Standard ``RotaryEmbedding`` with 3-D per-token caches (no position_ids input)."""
+    from onnx import AttributeProto, helper
+
     attrs = {"interleaved": 0}
     if partial:
         attrs["rotary_embedding_dim"] = rotary_dim
-    return body.op("RotaryEmbedding", ["X", body.op("CastLike", [cos, "X"]), body.op("CastLike", [sin, "X"])],
-                   **attrs)
+    out = body.op("RotaryEmbedding", ["X", body.op("CastLike", [cos, "X"]), body.op("CastLike", [sin, "X"])],
+                  **attrs)
+    if partial:  # onnxruntime 1.23's kernel wants num_heads beside rotary_embedding_dim (1.32 does not)
+        body.nodes[-1].attribute.append(helper.make_attribute_ref("num_heads", AttributeProto.INT))
+    return out
 
 
 def _rotate_contrib(body: _Body, cos: str, sin: str, rotary_dim: int, partial: bool) -> str:
@@ -179,12 +181,12 @@ def build_function(mode: RotaryMode, opset: int, rotary_dim: int, head_dim: int)
     body = _Body([])
     cos, sin = _half_angles(body)
     if mode == "function":
-        result = _rotate_function(body, cos, sin, partial)
+        result = _rotate_function(body, cos, sin, rotary_dim, head_dim)
     elif mode == "opset23":
         result = _rotate_opset23(body, cos, sin, rotary_dim, partial)
     else:
         result = _rotate_contrib(body, cos, sin, rotary_dim, partial)
-    body.nodes.append(helper.make_node("Identity", [result], ["Y"]))
+    body.nodes.append(helper.make_node("Identity", [result], ["Y"], name="Identity_Y"))
     opsets = [helper.make_opsetid("", opset)]
     if mode == "contrib":
         opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
