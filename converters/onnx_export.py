@@ -22,7 +22,7 @@ from typing import Any, Literal
 from longrope_export import __version__, rope
 from longrope_export.bake import BakeOptions
 from longrope_export.checkpoint import atomic_output_dir
-from longrope_export.errors import InputError, OutputExistsError
+from longrope_export.errors import CheckFailed, InputError, OutputExistsError
 from longrope_export.registry import architecture_for
 from longrope_export.sources import model_geometry, read_json
 from longrope_export.spec import LongRoPESpec
@@ -209,7 +209,11 @@ def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec, options: Onnx
         onnx.save_model(model, str(tmp / MODEL_FILE))
         del model
         if options.check:
-            onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
+            try:
+                onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+                raise CheckFailed(f"exported graph fails onnx.checker: {' '.join(str(error).split())[:300]}",
+                                  path=model_dir, fix="report this as a longrope-export bug") from error
     model_path = output / MODEL_FILE
     size = model_path.stat().st_size + ((output / DATA_FILE).stat().st_size if external else 0)
     notes = [f"rotary: {OP_TYPE} ({DOMAIN}) lowered as {options.rotary}, opset {opset}, IR {IR_VERSION}"]

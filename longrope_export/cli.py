@@ -106,6 +106,10 @@ def _print_inspect(report: dict[str, Any]) -> None:
     if "model_type" in report:
         click.echo(f"  model_type: {report['model_type']} (supported: {report['supported']}), rotary dim "
                    f"{report['rotary_dim']}, rope_theta {report['rope_theta']:g}, rope type {report['rope_type']}")
+    if report["kind"] == "onnx":
+        info = report["onnx"]
+        click.echo(f"  onnx: {info['rotary_nodes']} longrope::LongRoPE nodes (rotary {info.get('rotary')}), opset "
+                   f"{info['opset']}, IR {info['ir_version']}, {info.get('dtype')}, kv policy {info.get('kv_policy')}")
     spec = report.get("longrope")
     if spec is None:
         click.echo("  no LongRoPE")

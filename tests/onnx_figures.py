@@ -47,6 +47,13 @@ def main() -> None:
                     err = float(np.abs(model.logits(ids) - want).max())
                     print(f"{name:<15} {rotary:<9} {length:>6}  {err:.3e}  {tolerance(want):.3e}  "
                           f"{np.abs(want).max():.3f}")
+        phi3 = cases["phi3"]
+        for rotary in ("function", "opset23", "contrib"):
+            model = OnnxCausalLM(phi3.export(root, rotary=rotary, label=f"fp16-{rotary}", dtype="fp16"))
+            ids = token_ids(300)
+            want, got = phi3.reference(ids), model.logits(ids)
+            print(f"phi3 fp16 {rotary} 300: max|err| {np.abs(got - want).max():.3e}, top-1 agreement "
+                  f"{(got.argmax(-1) == want.argmax(-1)).mean():.3f}")
         llama = cases["llama"]
         spec = llama.spec
         wrong = {"swapped": spec.replace(long_factors=spec.short_factors, short_factors=spec.long_factors),

@@ -118,10 +118,11 @@ def test_far_positions_use_fp32_angles(onnx_cases, onnx_root) -> None:
     assert _error(got[0], want) <= tolerance(want), _error(got[0], want)
 
 
-def test_fp16_export_tracks_fp32(onnx_cases, onnx_root) -> None:
+@pytest.mark.parametrize("rotary", ["function", "opset23", "contrib"])
+def test_fp16_export_tracks_fp32(onnx_cases, onnx_root, rotary: str) -> None:
     """fp16 weights and activations, fp32 positions/angles: top-1 tokens and logits stay close."""
     case = onnx_cases["phi3"]
-    model = OnnxCausalLM(case.export(onnx_root, label="fp16", dtype="fp16"))
+    model = OnnxCausalLM(case.export(onnx_root, rotary=rotary, label=f"fp16-{rotary}", dtype="fp16"))
     ids = token_ids(300)
     want = case.reference(ids)
     got = model.logits(ids)
