@@ -99,6 +99,9 @@ def metadata(spec: LongRoPESpec, options: OnnxOptions, arch: str, shape: Decoder
         "longrope.start_token": str(spec.start_token),
         "longrope.attention_factor": repr(rope.attention_factor(spec)),
         "longrope.kv_policy": options.kv_policy if spec.policy == "switch" else "none-needed",
+        # recompute: the first call whose sequence reaches this length runs the whole sequence again
+        "longrope.kv_recompute_at_length": str(spec.original_max_position_embeddings + 1)
+        if spec.policy == "switch" and options.kv_policy == "recompute" else "none",
         "longrope.rotary": options.rotary,
         "longrope.dtype": options.dtype,
         "longrope.architecture": arch,

@@ -65,6 +65,7 @@ def test_metadata_records_policy_n_hat_and_spec(onnx_cases, onnx_root) -> None:
     assert props["longrope.switch_policy"] == "switch"
     assert props["longrope.start_token"] == "4"
     assert props["longrope.kv_policy"] == "recompute"
+    assert props["longrope.kv_recompute_at_length"] == str(ORIGINAL + 1)
     assert "max(position_ids)+1" in props["longrope.switch_rule"]
     _, long_only = read_onnx_spec(onnx_cases["mistral"].export(onnx_root))
     assert long_only["longrope.kv_policy"] == "none-needed"
