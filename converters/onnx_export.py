@@ -164,7 +164,7 @@ def plan_shape(model_dir: Path, spec: LongRoPESpec) -> tuple[DecoderShape, str]:
 
 
 def build_model(model_dir: Path, spec: LongRoPESpec, options: OnnxOptions, folder: Path,
-                external: bool) -> tuple[Any, DecoderShape, int]:
+                external: bool) -> Any:
     """The ``ModelProto`` (weights inline, or already streamed into ``folder/model.onnx.data``)."""
     from onnx import helper
 
@@ -188,7 +188,7 @@ def build_model(model_dir: Path, spec: LongRoPESpec, options: OnnxOptions, folde
                               producer_version=__version__, ir_version=IR_VERSION,
                               doc_string="Causal LM with LongRoPE rotary (longrope::LongRoPE); see docs/onnx.md")
     helper.set_model_props(model, metadata(spec, options, arch, shape))
-    return model, shape, opset
+    return model
 
 
 def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec, options: OnnxOptions = OnnxOptions()) -> OnnxExportResult:
@@ -208,7 +208,7 @@ def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec, options: Onnx
     if external is None:
         external = _weight_bytes(model_dir, options.dtype) > INLINE_LIMIT
     with atomic_output_dir(output, options.force, sources=(model_dir,)) as tmp:
-        model, _, _ = build_model(model_dir, spec, options, tmp, external)
+        model = build_model(model_dir, spec, options, tmp, external)
         onnx.save_model(model, str(tmp / MODEL_FILE))
         del model
         if options.check:
@@ -244,6 +244,10 @@ def convert_to_onnx(model_dir: Path, output: Path, options: OnnxOptions = OnnxOp
     if not (model_dir / "config.json").exists():
         raise InputError("model folder has no config.json", path=model_dir, fix="give a Hugging Face checkpoint folder")
     architecture_for(read_json(model_dir / "config.json"), str(model_dir / "config.json"))
+    resolved, source = output.resolve(), model_dir.resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        raise InputError(f"output {output} overlaps the input {model_dir}", path=output,
+                         fix="write to a folder outside the input (inputs are never modified)")
     if bake_options is None or not wants_bake(bake_options):
         return export_onnx(model_dir, output, checkpoint_spec(model_dir), options)
     with tempfile.TemporaryDirectory(prefix="longrope-onnx-") as scratch:
