@@ -38,7 +38,7 @@ def test_switch_boundary_matches_transformers(onnx_cases, onnx_root, length: int
     assert _error(OnnxCausalLM(case.export(onnx_root)).logits(ids), want) <= tolerance(want)
 
 
-@pytest.mark.parametrize("name", ["llama", "phi3", "phi3-partial"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "phi3-partial", "mistral"])
 @pytest.mark.parametrize("rotary", ["opset23", "contrib"])
 def test_rotary_lowerings_agree(onnx_cases, onnx_root, name: str, rotary: str) -> None:
     case = onnx_cases[name]
@@ -131,7 +131,8 @@ def test_fp16_export_tracks_fp32(onnx_cases, onnx_root, rotary: str) -> None:
     assert _error(got, want) < 0.05 * float(np.abs(want).max())
 
 
-def test_left_padding_batch_matches_transformers(onnx_cases, onnx_root) -> None:
+@pytest.mark.parametrize("rotary", ["function", "opset23", "contrib"])
+def test_left_padding_batch_matches_transformers(onnx_cases, onnx_root, rotary: str) -> None:
     """Batch of a 300-token row and a left-padded 200-token row: the switch is decided by the
     batch's largest position id (300 > 256: long factors for both rows, as in transformers)."""
     import torch
@@ -142,7 +143,8 @@ def test_left_padding_batch_matches_transformers(onnx_cases, onnx_root) -> None:
     mask[1, :100] = 0
     positions = np.clip(mask.cumsum(-1) - 1, 0, None)
     positions[mask == 0] = 1  # what transformers' generate puts at padded positions
-    got, _ = OnnxCausalLM(case.export(onnx_root)).forward(ids, attention_mask=mask, position_ids=positions)
+    model = OnnxCausalLM(case.export(onnx_root, rotary=rotary))
+    got, _ = model.forward(ids, attention_mask=mask, position_ids=positions)
     with torch.no_grad():
         want = case.reference_model()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                                       position_ids=torch.from_numpy(positions)).logits.numpy()
