@@ -144,3 +144,14 @@ def test_bad_input_exits_2_without_output(onnx_cases, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["convert", baked, "--to", "onnx", "-o", str(out), "--force"])
     assert result.exit_code == 0, result.output
     assert os.listdir(out) == ["model.onnx"]
+
+
+def test_fp16_keeps_positions_and_angles_in_fp32(onnx_cases, onnx_root) -> None:
+    model = onnx.load(str(onnx_cases["phi3"].export(onnx_root, label="fp16-function", dtype="fp16")))
+    assert model.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    (function,) = model.functions
+    casts = [n for n in function.node if n.op_type == "Cast" and n.input[0] == "position_ids"]
+    assert [a.i for n in casts for a in n.attribute if a.name == "to"] == [onnx.TensorProto.FLOAT]
+    assert not any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for n in function.node for a in n.attribute)
+    # cos/sin reach the model dtype only through CastLike, after Cos/Sin
+    assert {n.op_type for n in function.node} >= {"Cos", "Sin", "CastLike"}
