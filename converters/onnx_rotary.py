@@ -77,7 +77,7 @@ class _Body:
                                            **attrs))
         return outs
 
-    def ref(self, attr: str, ref_name: str, kind: int) -> str:
+    def ref(self, attr: str, ref_name: str, kind: Any) -> str:
         """A Constant whose value is the calling node's attribute ``ref_name``."""
         from onnx import helper
 
@@ -85,7 +85,7 @@ class _Body:
         out = f"{ref_name}_{self.count}"
         node = helper.make_node("Constant", [], [out], name=f"Constant_{self.count}")
         node.attribute.append(helper.make_attribute_ref(attr, kind))
-        node.attribute[-1].ref_attr_name = ref_name
+        node.attribute[-1].ref_attr_name = ref_name  # set here: older onnx has no ref_attr_name argument
         self.nodes.append(node)
         return out
 
@@ -144,7 +144,7 @@ def _rotate_opset23(body: _Body, cos: str, sin: str, rotary_dim: int, partial: b
     """Standard ``RotaryEmbedding`` with 3-D per-token caches (no position_ids input)."""
     from onnx import AttributeProto, helper
 
-    attrs = {"interleaved": 0}
+    attrs: dict[str, Any] = {"interleaved": 0}
     if partial:
         attrs["rotary_embedding_dim"] = rotary_dim
     out = body.op("RotaryEmbedding", ["X", body.op("CastLike", [cos, "X"]), body.op("CastLike", [sin, "X"])],
