@@ -82,7 +82,7 @@ def _check_options(options: OnnxOptions) -> int:
     need = MIN_OPSET[options.rotary]
     if opset < need:
         why = "the standard RotaryEmbedding op exists from opset 23" if options.rotary == "opset23" else \
-            "ReduceMean/Slice take axes as inputs from opset 18"
+            "ReduceMean axes inputs and Split num_outputs need opset 18"
         raise InputError(f"--opset {opset} is too low for --rotary {options.rotary} ({why})",
                          fix=f"pass --opset {need} or higher, or another --rotary mode")
     if opset > 23:

@@ -40,7 +40,8 @@ ROTARY_MODES: tuple[str, ...] = ("function", "opset23", "contrib")
 DOMAIN = "longrope"
 OP_TYPE = "LongRoPE"
 CONTRIB_DOMAIN = "com.microsoft"
-#: Lowest default-domain opset each lowering needs (ReduceMean/Slice inputs: 18; RotaryEmbedding: 23).
+#: Lowest default-domain opset each lowering needs (ReduceMean axes input, Split num_outputs: 18;
+#: RotaryEmbedding: 23).
 MIN_OPSET: dict[str, int] = {"function": 18, "opset23": 23, "contrib": 18}
 
 
