@@ -106,6 +106,10 @@ def _print_inspect(report: dict[str, Any]) -> None:
     if "model_type" in report:
         click.echo(f"  model_type: {report['model_type']} (supported: {report['supported']}), rotary dim "
                    f"{report['rotary_dim']}, rope_theta {report['rope_theta']:g}, rope type {report['rope_type']}")
+    if report["kind"] == "onnx":
+        info = report["onnx"]
+        click.echo(f"  onnx: {info['rotary_nodes']} longrope::LongRoPE nodes (rotary {info.get('rotary')}), opset "
+                   f"{info['opset']}, IR {info['ir_version']}, {info.get('dtype')}, kv policy {info.get('kv_policy')}")
     spec = report.get("longrope")
     if spec is None:
         click.echo("  no LongRoPE")
@@ -146,13 +150,9 @@ def bake_options(func: F) -> F:
 
 
 def _run_bake(model_dir: Path, output: Path, as_json: bool, **kw: Any) -> None:
-    from .bake import BakeOptions, bake, plan_bake
+    from .bake import bake, plan_bake
 
-    options = BakeOptions(factors=kw["factors"], short_factors=kw["short_factors"], policy=kw["policy"],
-                          start_token=kw["start_token"], original_max_position_embeddings=kw["original"],
-                          max_position_embeddings=kw["target"], attention_factor=kw["attention_factor"],
-                          sliding_window=kw["sliding_window"], transformers5_only=kw["transformers5_only"],
-                          link=kw["link"], force=kw["force"])
+    options = _bake_options(kw)
     plan = plan_bake(model_dir, options)
     total = sum(path.stat().st_size for path in plan.copies)
     with click.progressbar(length=total, label="copying weights", file=sys.stderr) as bar:
@@ -178,19 +178,55 @@ def bake_command(model_dir: Path, output: Path, as_json: bool, **kw: Any) -> Non
     _run_bake(model_dir, output, as_json, **kw)
 
 
+def _bake_options(kw: dict[str, Any]) -> Any:
+    from .bake import BakeOptions
+
+    return BakeOptions(factors=kw["factors"], short_factors=kw["short_factors"], policy=kw["policy"],
+                       start_token=kw["start_token"], original_max_position_embeddings=kw["original"],
+                       max_position_embeddings=kw["target"], attention_factor=kw["attention_factor"],
+                       sliding_window=kw["sliding_window"], transformers5_only=kw["transformers5_only"],
+                       link=kw["link"], force=kw["force"])
+
+
 @main.command("convert")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--to", "target_format", type=click.Choice(["hf"]), required=True, help="Output format.")
+@click.option("--to", "target_format", type=click.Choice(["hf", "onnx"]), required=True, help="Output format.")
 @bake_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output path.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="onnx: weight and activation type (positions and angles stay fp32).")
+@click.option("--rotary", type=click.Choice(["function", "opset23", "contrib"]), default="function",
+              show_default=True, help="onnx: lowering of the longrope::LongRoPE op (function: standard ops; "
+              "opset23: standard RotaryEmbedding, ORT >= 1.23; contrib: com.microsoft.RotaryEmbedding).")
+@click.option("--opset", type=int, help="onnx: default-domain opset (default 21; 23 for --rotary opset23).")
+@click.option("--kv-policy", type=click.Choice(["recompute", "keep"]), default="recompute", show_default=True,
+              help="onnx, policy switch: what a runtime does with the KV cache when a call first passes the "
+                   "original context (recorded in metadata; see docs/onnx.md).")
 @json_option
 @handle_errors
-def convert_command(model_dir: Path, target_format: str, output: Path, as_json: bool, **kw: Any) -> None:
+def convert_command(model_dir: Path, target_format: str, output: Path, as_json: bool, dtype: str, rotary: str,
+                    opset: int | None, kv_policy: str, **kw: Any) -> None:
     """Convert a (baked, or base + --factors) checkpoint to another format.
 
+    \b
     --to hf is the same operation as bake.
+    --to onnx writes OUTPUT/model.onnx (+ model.onnx.data over 2 GB): an ONNX causal LM whose
+    rotary is one longrope::LongRoPE node per use; base + --factors is baked on the fly.
     """
-    _run_bake(model_dir, output, as_json, **kw)
+    if target_format == "hf":
+        _run_bake(model_dir, output, as_json, **kw)
+        return
+    from converters.onnx_export import OnnxOptions, convert_to_onnx
+
+    options = OnnxOptions(dtype=dtype, rotary=rotary, opset=opset, kv_policy=kv_policy,  # type: ignore[arg-type]
+                          force=kw["force"])
+    result = convert_to_onnx(model_dir, output, options, _bake_options(kw))
+    warn(result.notes)
+    data = {"output": str(result.output), "model": str(result.model_path), "opset": result.opset,
+            "rotary": result.rotary, "external_data": result.external_data, "size_bytes": result.size_bytes,
+            "spec": result.spec.to_dict(), "notes": result.notes}
+    emit(data, as_json, lambda d: click.echo(f"exported {d['model']} ({d['size_bytes']} bytes, rotary {d['rotary']}, "
+                                             f"opset {d['opset']})"))
 
 
 @main.command("demo")

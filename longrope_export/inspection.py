@@ -54,6 +54,8 @@ def inspect_path(path: Path, original: int | None = None, target: int | None = N
         raise InputError("folder has no config.json", path=path, fix="give a model folder, a factor file or a spec")
     if not path.exists():
         raise InputError("file not found", path=path, fix="check the path")
+    if path.suffix.lower() == ".onnx":
+        return _inspect_onnx(path)
     if path.suffix.lower() == ".json":
         data = read_json(path)
         if data.get("schema") == SPEC_SCHEMA:
@@ -95,3 +97,12 @@ def _inspect_config(config_path: Path, model_dir: Path | None) -> dict[str, Any]
         report["config_matches_longrope_json"] = spec is not None and spec.replace(
             start_token=recorded.start_token, policy=recorded.policy) == recorded
     return report
+
+
+def _inspect_onnx(path: Path) -> dict[str, Any]:
+    """An exported ONNX model: the spec and policies its ``metadata_props`` record."""
+    from converters.onnx_export import read_onnx_spec
+
+    spec, props = read_onnx_spec(path)
+    return {"kind": "onnx", "path": str(path), "longrope": spec_summary(spec),
+            "onnx": {key.removeprefix("longrope."): value for key, value in props.items() if key != "longrope.spec"}}
