@@ -117,7 +117,8 @@ def _io(shape: DecoderShape, dtype: str) -> tuple[list[Any], list[Any]]:
 
     elem = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                            ["batch_size", "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
                                              ["batch_size", "sequence_length", shape.vocab_size])]
@@ -139,7 +140,7 @@ def _weight_bytes(model_dir: Path, dtype: str) -> int:
     total = 0
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118
+            for name in handle.keys():
                 count = 1
                 for dim in handle.get_slice(name).get_shape():
                     count *= int(dim)
@@ -191,7 +192,8 @@ def build_model(model_dir: Path, spec: LongRoPESpec, options: OnnxOptions, folde
     return model
 
 
-def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec, options: OnnxOptions = OnnxOptions()) -> OnnxExportResult:
+def export_onnx(model_dir: Path, output: Path, spec: LongRoPESpec,
+                options: OnnxOptions = OnnxOptions()) -> OnnxExportResult:
     """Export the baked checkpoint ``model_dir`` (whose LongRoPE is ``spec``) to ``output/model.onnx``.
 
     Example:

@@ -90,7 +90,7 @@ class SafetensorsWeights:
             from safetensors import safe_open
 
             with safe_open(str(single), framework="pt") as handle:
-                self.where = {name: single for name in handle.keys()}  # noqa: SIM118
+                self.where = {name: single for name in handle.keys()}
 
     def has(self, name: str) -> bool:
         return name in self.where
@@ -117,7 +117,7 @@ class WeightSink:
         self.location = location
         self.offset = 0
         self.nbytes = 0
-        self._handle = open(external_path, "wb") if external_path else None  # noqa: SIM115
+        self._handle = open(external_path, "wb") if external_path else None
 
     def add(self, name: str, array: np.ndarray) -> str:
         from onnx import TensorProto, helper, numpy_helper
@@ -250,7 +250,7 @@ class DecoderBuilder:
             qkv = self.weights.get(f"{prefix}.qkv_proj.weight")
             parts = qkv[:q_rows], qkv[q_rows:q_rows + kv_rows], qkv[q_rows + kv_rows:]
             del qkv
-            return tuple(self.linear(x, w, f"{prefix}.{n}_proj") for w, n in zip(parts, "qkv"))  # type: ignore
+            return tuple(self.linear(x, w, f"{prefix}.{n}_proj") for w, n in zip(parts, "qkv", strict=True))  # type: ignore
         return tuple(self.linear(x, self.weights.get(f"{prefix}.{n}_proj.weight"), f"{prefix}.{n}_proj",  # type: ignore
                                  self.optional(f"{prefix}.{n}_proj.bias")) for n in "qkv")
 
@@ -303,7 +303,8 @@ class DecoderBuilder:
         context = self.op("Reshape", [context, self.const(f"const.heads_back_{layer}",
                                                           [0, shape.num_heads, -1, shape.head_dim])])
         context = self.op("Transpose", [context], perm=[0, 2, 1, 3])
-        return self.op("Reshape", [context, self.const(f"const.merge_{layer}", [0, 0, shape.num_heads * shape.head_dim])])
+        merged = self.const(f"const.merge_{layer}", [0, 0, shape.num_heads * shape.head_dim])
+        return self.op("Reshape", [context, merged])
 
     def mlp(self, layer: int, x: str) -> str:
         """``down(silu(gate(x)) * up(x))``; Phi-3's fused gate_up_proj holds gate rows first."""

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from longrope_export.baselines import baseline_spec
 from longrope_export.bake import BakeOptions, bake
+from longrope_export.baselines import baseline_spec
 from validation import torch_runtime
 from validation.perplexity import perplexity, windows
 from validation.torch_runtime import TorchRuntime

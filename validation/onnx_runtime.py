@@ -91,7 +91,7 @@ class OnnxCausalLM:
         outputs = self.session.run(None, feeds)
         names = [o.name for o in self.session.get_outputs()]
         present = {name.replace("present.", "past_key_values."): value
-                   for name, value in zip(names[1:], outputs[1:])}
+                   for name, value in zip(names[1:], outputs[1:], strict=True)}
         return outputs[0], present
 
     def logits(self, ids: list[int] | np.ndarray) -> np.ndarray:
