@@ -181,3 +181,56 @@ def validate_passkey_command(model: Path, lengths: str, trials: int, seed: int, 
     write_report(report, data)
     emit(data, as_json, lambda d: [click.echo(f"{r['length']:>8} tokens: {r['correct']}/{r['trials']} "
                                               f"({r['factor_set']} factors)") for r in d["results"]])
+
+
+@validate_group.command("parity")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--lengths", help="Token lengths (default: one below the original context, one past it).")
+@click.option("--allow-lossy", is_flag=True,
+              help="Accept what the candidate's runtime cannot express (n_hat in llama.cpp, its per-context switch).")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML report to this file.")
+@json_option
+@handle_errors
+def validate_parity_command(reference: Path, candidate: Path, lengths: str | None, allow_lossy: bool,
+                            report: Path | None, junit: Path | None, as_json: bool) -> None:
+    """Compare CANDIDATE (baked checkpoint, .gguf or ONNX export) with the baked REFERENCE checkpoint.
+
+    \b
+    Gate 1: the LongRoPE read back out of CANDIDATE equals REFERENCE's (factors bitwise in fp32,
+            attention factor, contexts).
+    Gate 2: logits on the same token ids within the runtime's tolerance, plus KL and top-1.
+    Exit 0 when both hold, 1 when one fails.
+    """
+    from validation.junit import parity_junit
+    from validation.parity import run_parity
+
+    result = run_parity(reference, candidate, parse_lengths(lengths), allow_lossy)
+    data = result.to_dict()
+    write_report(report, data)
+    if junit:
+        parity_junit(result, junit)
+    emit(data, as_json, _print_parity)
+    if not result.passed:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _print_parity(data: dict[str, Any]) -> None:
+    click.echo(f"{data['candidate']} ({data['runtime']}, {data['dtype']}) vs {data['reference']}")
+    for check in data["spec_checks"]:
+        if not check["passed"]:
+            click.echo(f"  FAIL spec: {check['check']}: reference {check['reference']}, candidate {check['candidate']}")
+    click.echo(f"  spec gate: {'ok' if data['spec_passed'] else 'FAILED'} ({len(data['spec_checks'])} checks)")
+    for item in data["lossy"]:
+        effect = "" if item["max_abs_effect"] is None else f", max abs effect {item['max_abs_effect']:.3g} " \
+                                                           f"at {item['length']} tokens"
+        click.echo(f"  lossy: {item['what']}{effect}{' (allowed)' if data['allow_lossy'] else ''}")
+    for r in data["lengths"]:
+        click.echo(f"  {'ok  ' if r['passed'] else 'FAIL'} {r['length']:>6} tokens [{r['factor_set_reference']}]: "
+                   f"max abs {r['max_abs']:.3g} (tol {r['tolerance']:.3g}, scale {r['logit_scale']:.3g}), "
+                   f"mean {r['mean_abs']:.3g}, KL {r['kl']:.3g}, top-1 {r['top1']:.3f}")
+    worst = data["worst"]
+    if worst:
+        click.echo(f"  worst: {worst['length']} tokens, max abs {worst['max_abs']:.3g} = {worst['ratio']:.3g} x tol")
+    click.echo("passed" if data["passed"] else "FAILED")
