@@ -6,8 +6,6 @@ Exit codes (the README's table): 0 success; 1 a check ran and failed; 2 bad inpu
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,49 +14,10 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .errors import LongRoPEExportError, exit_code_for
+from .cli_common import emit, handle_errors, json_option, warn
+from .cli_validate import validate_group
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(func: F) -> F:
-    """Turn library errors into one line on stderr and the exit code of the README's table."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except LongRoPEExportError as error:
-            click.echo(f"error: {error.one_line()}", err=True)
-            sys.exit(error.exit_code)
-        except (ImportError, OSError) as error:
-            click.echo(f"error: {type(error).__name__}: {' '.join(str(error).split())}", err=True)
-            sys.exit(exit_code_for(error))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit(data: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None]) -> None:
-    """Print ``data`` as JSON on stdout, or the human form."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        human(data)
-
-
-def write_report(path: Path | None, data: dict[str, Any]) -> None:
-    if path is not None:
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def warn(notes: list[str]) -> None:
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -260,13 +219,7 @@ def _print_demo(summary: dict[str, Any]) -> None:
     click.echo(f"passkey accuracy: {summary['passkey']}")
 
 
-def _register_subcommands() -> None:
-    from .cli_validate import validate_group
-
-    main.add_command(validate_group)
-
-
-_register_subcommands()
+main.add_command(validate_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import emit, handle_errors, json_option, write_report
+from .cli_common import emit, handle_errors, json_option, write_report
 from .errors import EXIT_CHECK_FAILED, InputError
 
 

@@ -1,0 +1,5 @@
+"""``python -m longrope_export``."""
+
+from .cli import main
+
+main()
