@@ -95,6 +95,11 @@ def inspect_command(path: Path, original: int | None, target: int | None, as_jso
 
 def _print_inspect(report: dict[str, Any]) -> None:
     click.echo(f"{report['path']}: {report['kind']}")
+    if report["kind"] == "gguf":
+        from .cli_gguf import print_gguf_inspect
+
+        print_gguf_inspect(report)
+        return
     if report["kind"] == "factor-file":
         ctx = report["contexts"]
         click.echo(f"  factors: {report['n_factors']} per vector (rotary dim {report['rotary_dim']}), "
@@ -180,16 +185,26 @@ def bake_command(model_dir: Path, output: Path, as_json: bool, **kw: Any) -> Non
 
 @main.command("convert")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--to", "target_format", type=click.Choice(["hf"]), required=True, help="Output format.")
+@click.option("--to", "target_format", type=click.Choice(["hf", "gguf"]), required=True, help="Output format.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f32", show_default=True,
+              help="GGUF: tensor type of the weight matrices (norms and factor tensors stay f32).")
 @bake_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output path.")
 @json_option
 @handle_errors
-def convert_command(model_dir: Path, target_format: str, output: Path, as_json: bool, **kw: Any) -> None:
+def convert_command(model_dir: Path, target_format: str, outtype: str, output: Path, as_json: bool,
+                    **kw: Any) -> None:
     """Convert a (baked, or base + --factors) checkpoint to another format.
 
-    --to hf is the same operation as bake.
+    --to hf is the same operation as bake. --to gguf writes one GGUF file (arch phi3, or llama
+    for llama and mistral) that llama.cpp runs with the checkpoint's LongRoPE; with --factors
+    (or any other bake option) the checkpoint is baked on the fly first.
     """
+    if target_format == "gguf":
+        from .cli_gguf import run_convert_gguf
+
+        run_convert_gguf(model_dir, output, outtype, as_json, **kw)
+        return
     _run_bake(model_dir, output, as_json, **kw)
 
 
@@ -221,6 +236,8 @@ def _print_rope_check(result: dict[str, Any]) -> None:
                    f"{item['max_abs_error']:.3g} {item['note']}")
     click.echo("passed" if result["passed"] else "FAILED")
 
+
+from . import cli_gguf  # noqa: F401  (registers gguf-patch and validate gguf)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,110 @@
+"""llama.cpp as a runtime (through llama-cpp-python, pinned in the ``[gguf]`` extra).
+
+llama.cpp aborts the whole process on some malformed files (an f16 factor tensor: SIGABRT), so
+every file is checked with gguf-py before it is handed to llama.cpp: a bad file raises
+:class:`InputError` (exit 2), a file llama.cpp still refuses raises :class:`RuntimeUnavailable`
+(exit 3); neither crashes the caller.
+
+The factor set is llama.cpp's choice, not the prompt's: long factors iff the context per sequence
+exceeds ``original_context_length`` (REFERENCE.md s.3). :func:`context_for` picks an ``n_ctx`` (and,
+when no context size can express the choice, an override of the original length) that selects a
+given set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longrope_export.errors import InputError, RuntimeUnavailable
+
+#: llama.cpp rounds the context size up to a multiple of this.
+N_CTX_PAD = 256
+
+
+def preflight(path: Path) -> str:
+    """Check ``path`` the way llama.cpp would, without llama.cpp; returns the GGUF arch name."""
+    from converters.gguf_longrope import arch_of, load_problems, open_reader
+
+    reader = open_reader(Path(path))
+    problems = load_problems(reader)
+    if problems:
+        raise InputError("llama.cpp cannot load this file: " + "; ".join(problems), path=path,
+                         fix="re-create it with longrope-export convert --to gguf or gguf-patch")
+    return arch_of(reader, path)
+
+
+def import_llama() -> Any:
+    """The ``llama_cpp.Llama`` class, or a clear error when llama-cpp-python is missing."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as error:
+        raise RuntimeUnavailable(f"llama-cpp-python is not importable ({error})",
+                                 fix="pip install 'longrope-export[gguf]' (compiles llama.cpp, ~5 minutes)") from None
+    return Llama
+
+
+@dataclass(frozen=True)
+class ContextChoice:
+    """An ``n_ctx`` and optional original-length override that make llama.cpp use ``factor_set``."""
+
+    n_ctx: int
+    original_override: int | None
+    factor_set: str
+
+
+def _round_up(value: int) -> int:
+    return -(-value // N_CTX_PAD) * N_CTX_PAD
+
+
+def context_for(n_tokens: int, original: int, factor_set: str) -> ContextChoice:
+    """The smallest context that holds ``n_tokens`` and selects ``factor_set`` (``long`` / ``short``)."""
+    if factor_set == "long":
+        n_ctx = _round_up(max(n_tokens, original + 1))
+        return ContextChoice(n_ctx, None, "long")
+    n_ctx = _round_up(n_tokens)
+    return ContextChoice(n_ctx, None if n_ctx <= original else n_ctx, "short")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Any:
+    """llama.cpp logs to fd 2 from C; keep the caller's stderr clean."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def llama_cpp_logits(path: Path, ids: list[int], choice: ContextChoice, threads: int = 2) -> Any:
+    """fp32 logits (``len(ids) x vocab`` numpy array) of one forward pass of ``ids`` through llama.cpp."""
+    import gguf
+    import numpy as np
+
+    arch = preflight(path)
+    if len(ids) > choice.n_ctx:
+        raise InputError(f"{len(ids)} tokens do not fit n_ctx {choice.n_ctx}", fix="use a larger n_ctx")
+    Llama = import_llama()
+    overrides = None
+    if choice.original_override is not None:
+        overrides = {gguf.Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch): int(choice.original_override)}
+    try:
+        with _quiet_stderr():
+            model = Llama(model_path=str(path), n_ctx=choice.n_ctx, n_batch=choice.n_ctx, n_ubatch=choice.n_ctx,
+                          logits_all=True, type_k=0, type_v=0, flash_attn=False, kv_overrides=overrides,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    except (ValueError, RuntimeError) as error:
+        raise RuntimeUnavailable(f"llama.cpp refused the file ({error})", path=path,
+                                 fix="check the file with: longrope-export inspect FILE.gguf") from None
+    try:
+        with _quiet_stderr():
+            model.eval(list(ids))
+        return np.array(model.scores[: len(ids)], dtype=np.float32)
+    finally:
+        model.close()
