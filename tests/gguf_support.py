@@ -1,0 +1,105 @@
+"""GGUF test support: tiny baked phi3/llama checkpoints at original context 256 (so 64 tokens run the
+short factors and 300 the long ones), real factor vectors, and llama.cpp / its own converter.
+
+Without llama-cpp-python the llama.cpp tests skip, unless LONGROPE_REQUIRE_LLAMA_CPP=1 (CI), which
+turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tiny_models import build_checkpoint
+
+DATA = Path(os.environ.get("LONGROPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+PHI35_CONFIG = DATA / "configs" / "phi-3.5-mini-instruct.config.json"
+LA2_LONG = DATA / "longrope-factors" / "2048k_la2_256k.csv"
+LA2_SHORT = DATA / "longrope-factors" / "8k_la2_256k.csv"
+ORIGINAL, TARGET = 256, 8192
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def require_llama_cpp() -> None:
+    """Skip (or, with LONGROPE_REQUIRE_LLAMA_CPP=1, fail) when llama-cpp-python cannot be imported."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as error:
+        message = f"llama-cpp-python not importable ({error}); install {LLAMA_CPP_PYTHON}"
+        if os.environ.get("LONGROPE_REQUIRE_LLAMA_CPP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    root: Path
+    phi3_base: Path
+    phi3_baked: Path
+    llama_base: Path
+    llama_baked: Path
+    phi3_spec: Path
+
+    def baked(self, kind: str) -> Path:
+        return self.phi3_baked if kind == "phi3" else self.llama_baked
+
+
+def phi35_spec_file(folder: Path) -> Path:
+    """Phi-3.5-mini's real 48 + 48 factors as a JSON spec for 256 -> 8192 (policy switch)."""
+    scaling = json.loads(PHI35_CONFIG.read_text())["rope_scaling"]
+    spec = {"schema": "longrope-export/spec", "version": 1, "rotary_dim": 96, "rope_theta": 10000.0,
+            "original_max_position_embeddings": ORIGINAL, "max_position_embeddings": TARGET, "policy": "switch",
+            "long_factors": scaling["long_factor"], "short_factors": scaling["short_factor"]}
+    path = folder / "phi35-256-8192.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def build_tiny_models(root: Path) -> TinyModels:
+    from longrope_export.bake import BakeOptions, bake
+
+    spec = phi35_spec_file(root)
+    phi3_base = build_checkpoint("phi3", root / "phi3" / "base", tokenizer="spm", max_position_embeddings=ORIGINAL,
+                                 original_max_position_embeddings=ORIGINAL)
+    # A folder named phi3_baked makes general.name contain "phi3": llama.cpp's Phi-3 vocabulary rule applies.
+    phi3_baked = root / "phi3" / "phi3_baked"
+    bake(phi3_base, phi3_baked, BakeOptions(factors=spec))
+    llama_base = build_checkpoint("llama", root / "llama" / "base", tokenizer="bpe", vocab_size=320,
+                                  max_position_embeddings=ORIGINAL)
+    llama_baked = root / "llama" / "llama_baked"
+    bake(llama_base, llama_baked, BakeOptions(factors=LA2_LONG, short_factors=LA2_SHORT,
+                                              original_max_position_embeddings=ORIGINAL,
+                                              max_position_embeddings=TARGET))
+    return TinyModels(root, phi3_base, phi3_baked, llama_base, llama_baked, spec)
+
+
+def llama_cpp_converter(cache: Path) -> Path:
+    """llama.cpp's own ``convert_hf_to_gguf.py``, from the llama-cpp-python sdist (pip download)."""
+    script = cache / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+    if script.exists():
+        return script
+    cache.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                           LLAMA_CPP_PYTHON, "-d", str(cache)], capture_output=True, text=True)
+    archives = sorted(cache.glob("llama_cpp_python-0.3.36.tar.gz"))
+    if done.returncode != 0 or not archives:
+        pytest.skip(f"cannot obtain the {LLAMA_CPP_PYTHON} sdist: {done.stderr.strip()[-300:]}")
+    with tarfile.open(archives[0]) as archive:
+        members = [m for m in archive.getmembers()
+                   if "/vendor/llama.cpp/" in m.name and ("/gguf-py/" in m.name or "/conversion/" in m.name
+                                                          or m.name.endswith("/convert_hf_to_gguf.py"))]
+        archive.extractall(cache, members=members, filter="data")
+    return script
+
+
+def run_llama_cpp_converter(script: Path, model_dir: Path, output: Path, outtype: str = "f32") -> Path:
+    done = subprocess.run([sys.executable, str(script), str(model_dir), "--outtype", outtype, "--outfile",
+                           str(output)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return output
