@@ -1,0 +1,113 @@
+"""Bad inputs get an exit code and a message, never a crash, and leave no output behind: truncated or
+corrupt GGUF and safetensors files, an f16 factor tensor (llama.cpp would SIGABRT), the silent-drop
+case, and Phi-3's vocabulary rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converters.gguf_longrope import factor_tensor_names
+from longrope_export.cli import main
+
+
+def _rewrite(source: Path, target: Path, drop: set[str] = frozenset(), as_f16: set[str] = frozenset()) -> Path:
+    """Copy a GGUF file with gguf-py, dropping some tensors and storing others as f16 (test helper)."""
+    from converters.gguf_patch import raw_value
+
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(target, arch)
+    for item in reader.fields.values():
+        if item.name.startswith("GGUF.") or item.name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
+    for tensor in reader.tensors:
+        if tensor.name not in drop:
+            data = np.asarray(tensor.data)
+            writer.add_tensor(tensor.name, data.astype(np.float16) if tensor.name in as_f16 else data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+@pytest.fixture()
+def bad_files(converted_gguf, tmp_path) -> dict[str, Path]:
+    good = converted_gguf("llama")
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"NOPE" + data[4:])
+    header_cut = tmp_path / "header-cut.gguf"
+    header_cut.write_bytes(data[:200])
+    f16 = _rewrite(good, tmp_path / "f16-factors.gguf", as_f16=set(factor_tensor_names()))
+    return {"truncated": truncated, "corrupt": corrupt, "header-cut": header_cut, "f16-factors": f16}
+
+
+@pytest.mark.parametrize("name", ["truncated", "corrupt", "header-cut", "f16-factors"])
+def test_bad_gguf_exit_2_no_output(name: str, bad_files, gguf_models, tmp_path) -> None:
+    path = bad_files[name]
+    out = tmp_path / "out" / "patched.gguf"
+    inspect = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    if name == "f16-factors":
+        assert inspect.exit_code == 0 and "F32" in " ".join(json.loads(inspect.stdout)["load_problems"])
+    else:
+        assert inspect.exit_code == 2 and str(path) in inspect.stderr and "truncated or corrupt" in inspect.stderr
+    patch = CliRunner().invoke(main, ["gguf-patch", str(path), "--factors", str(gguf_models.phi3_spec),
+                                      "-o", str(out)])
+    assert patch.exit_code == 2, patch.output
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+    validate = CliRunner().invoke(main, ["validate", "gguf", str(path), "--checkpoint", str(gguf_models.llama_baked)])
+    assert validate.exit_code == 2, validate.output
+    assert "error:" in validate.stderr
+
+
+def test_f16_factor_tensor_never_reaches_llama_cpp(bad_files) -> None:
+    from longrope_export.errors import InputError
+    from validation.llama_cpp_runtime import context_for, llama_cpp_logits
+
+    with pytest.raises(InputError, match="aborts the process unless it is F32"):
+        llama_cpp_logits(bad_files["f16-factors"], [1, 2, 3], context_for(3, 256, "short"))
+
+
+def test_silent_drop_is_reported(converted_gguf, tmp_path) -> None:
+    dropped = _rewrite(converted_gguf("llama"), tmp_path / "dropped.gguf", drop=set(factor_tensor_names()))
+    result = CliRunner().invoke(main, ["inspect", str(dropped), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["silent_drop"] is True and report["rope_scaling_type"] == "longrope"
+    human = CliRunner().invoke(main, ["inspect", str(dropped)])
+    assert "silent drop" in human.stdout and "plain RoPE" in human.stderr
+
+
+def test_corrupt_safetensors_exit_2_no_output(gguf_models, tmp_path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(gguf_models.phi3_baked, model)
+    shard = next(model.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    out = tmp_path / "out.gguf"
+    result = CliRunner().invoke(main, ["convert", str(model), "--to", "gguf", "-o", str(out)])
+    assert result.exit_code == 2 and "safetensors" in result.stderr and str(shard) in result.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> None:
+    model = tmp_path / "phi3_tiny"
+    shutil.copytree(gguf_models.phi3_baked, model)
+    (model / "tokenizer.model").unlink()
+    from tiny_models import write_bpe
+
+    write_bpe(model, 256)
+    out = tmp_path / "out.gguf"
+    result = CliRunner().invoke(main, ["convert", str(model), "--to", "gguf", "-o", str(out)])
+    assert result.exit_code == 2 and "<unk>" in result.stderr and not out.exists()

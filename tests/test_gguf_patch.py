@@ -1,0 +1,99 @@
+"""gguf-patch on GGUF files made without LongRoPE by llama.cpp's own converter (f32 and q8_0): only
+the LongRoPE keys and tensors differ, quantized blocks are copied byte for byte, and llama.cpp's
+long-regime logits match the file convert --to gguf writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from gguf_support import ORIGINAL, require_llama_cpp, run_llama_cpp_converter
+
+from converters.gguf_longrope import factor_tensor_names, owned_keys
+from longrope_export.cli import main
+
+COUNTS = {"GGUF.kv_count", "GGUF.tensor_count"}
+
+
+def _snapshot(path: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    reader = gguf.GGUFReader(path)
+    fields = {f.name: (tuple(f.types), b"".join(bytes(f.parts[i]) for i in f.data)) for f in reader.fields.values()}
+    tensors = {t.name: (t.tensor_type, tuple(int(x) for x in t.shape), t.data.tobytes()) for t in reader.tensors}
+    return fields, tensors
+
+
+@pytest.fixture(scope="module")
+def plain_ggufs(gguf_models, llama_cpp_converter_script, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("plain")
+    return {outtype: run_llama_cpp_converter(llama_cpp_converter_script, gguf_models.phi3_base,
+                                             folder / f"plain-{outtype}.gguf", outtype) for outtype in ("f32", "q8_0")}
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_patch_changes_only_longrope(outtype: str, plain_ggufs, gguf_models, converted_gguf, tmp_path) -> None:
+    source = plain_ggufs[outtype]
+    out = tmp_path / "patched.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(source), "--factors", str(gguf_models.phi3_spec),
+                                       "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["spec"]["policy"] == "switch"
+    before_fields, before_tensors = _snapshot(source)
+    after_fields, after_tensors = _snapshot(out)
+    owned = owned_keys("phi3") | COUNTS
+    changed = {k for k in before_fields.keys() | after_fields.keys()
+               if before_fields.get(k) != after_fields.get(k)}
+    assert changed <= owned, changed - owned
+    assert set(after_tensors) - set(before_tensors) == set(factor_tensor_names())
+    for name, value in before_tensors.items():
+        assert after_tensors[name] == value, name  # quantized blocks byte for byte
+    if outtype == "q8_0":
+        assert any(t[0] == gguf.GGMLQuantizationType.Q8_0 for t in after_tensors.values())
+    converted = {t.name: t.data for t in gguf.GGUFReader(converted_gguf("phi3")).tensors}
+    for name in factor_tensor_names():
+        np.testing.assert_array_equal(np.frombuffer(after_tensors[name][2], np.float32), converted[name])
+
+    require_llama_cpp()
+    from validation.gguf_parity import compare_logits, token_ids
+    from validation.llama_cpp_runtime import context_for, llama_cpp_logits
+
+    ids = token_ids(300, 256)
+    choice = context_for(300, ORIGINAL, "long")
+    reference_file = converted_gguf("phi3", outtype)
+    got = compare_logits(llama_cpp_logits(reference_file, ids, choice), llama_cpp_logits(out, ids, choice))
+    print(f"patched {outtype} vs converted {outtype}, 300 tokens: {got}")
+    assert got["max_abs_error"] <= 1e-3 * got["logit_scale"] and got["top1_agreement"] == 1.0
+    plain = compare_logits(llama_cpp_logits(reference_file, ids, choice), llama_cpp_logits(source, ids, choice))
+    assert plain["max_abs_error"] > 100 * max(got["max_abs_error"], 1e-6)
+
+
+def test_patch_replaces_existing_longrope(converted_gguf, tmp_path) -> None:
+    from gguf_support import LA2_LONG
+
+    out = tmp_path / "replaced.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(converted_gguf("llama")), "--factors", str(LA2_LONG),
+                                       "--max-position-embeddings", "4096", "--start-token", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    reader = gguf.GGUFReader(out)
+    names = [f.name for f in reader.fields.values()]
+    assert len(names) == len(set(names))
+    fields = dict(reader.fields)
+    assert fields[gguf.Keys.LLM.CONTEXT_LENGTH.format(arch="llama")].contents() == 4096
+    assert fields[gguf.Keys.Rope.SCALING_TYPE.format(arch="llama")].contents() == "longrope"
+    tensors = {t.name: t.data for t in reader.tensors}
+    long_name, short_name = factor_tensor_names()
+    np.testing.assert_array_equal(tensors[long_name], tensors[short_name])  # long-only: short := long
+    assert sum(name in tensors for name in factor_tensor_names()) == 2
+
+
+def test_patch_refuses_per_layer_factors(converted_gguf, tmp_path) -> None:
+    rows = tmp_path / "per-layer.csv"
+    rows.write_text("\n".join(",".join(str(1.0 + layer + i / 64) for i in range(64)) for layer in range(2)))
+    out = tmp_path / "out.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(converted_gguf("llama")), "--factors", str(rows),
+                                       "--max-position-embeddings", "8192", "-o", str(out)])
+    assert result.exit_code == 2 and "differ between layers" in result.stderr
+    assert list(tmp_path.iterdir()) == [rows]
