@@ -46,10 +46,11 @@ def print_gguf_inspect(report: dict[str, Any]) -> None:
                f"context length {report['context_length']}, rope.scaling.type {report['rope_scaling_type']}")
     for problem in report["load_problems"]:
         click.echo(f"  llama.cpp cannot load it: {problem}")
+    if report["silent_drop"]:
+        click.echo("  silent drop: rope.scaling.type longrope without factor tensors (llama.cpp runs plain RoPE)")
     spec = report["longrope"]
     if spec is None:
-        click.echo("  no LongRoPE" + (" (silent drop: longrope type without factor tensors)"
-                                      if report["silent_drop"] else ""))
+        click.echo("  no LongRoPE")
         return
     for which in ("long", "short"):
         values = spec[f"{which}_factors"]

@@ -104,10 +104,9 @@ def test_corrupt_safetensors_exit_2_no_output(gguf_models, tmp_path) -> None:
 def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> None:
     model = tmp_path / "phi3_tiny"
     shutil.copytree(gguf_models.phi3_baked, model)
-    (model / "tokenizer.model").unlink()
-    from tiny_models import write_bpe
+    from tiny_models import write_sentencepiece
 
-    write_bpe(model, 256)
+    write_sentencepiece(model, 256, extra_symbols=())  # no <|endoftext|>
     out = tmp_path / "out.gguf"
     result = CliRunner().invoke(main, ["convert", str(model), "--to", "gguf", "-o", str(out)])
     assert result.exit_code == 2 and "<unk>" in result.stderr and not out.exists()

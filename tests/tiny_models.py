@@ -42,7 +42,7 @@ def training_text(lines: int = 400, seed: int = 0) -> list[str]:
             for _ in range(lines)]
 
 
-def write_sentencepiece(folder: Path, vocab_size: int) -> None:
+def write_sentencepiece(folder: Path, vocab_size: int, extra_symbols: tuple[str, ...] = ("<|endoftext|>",)) -> None:
     """A tiny SentencePiece ``tokenizer.model`` (LLaMA/Phi-3 style) with the tokens llama.cpp's Phi-3
     rule looks up (<unk>, <s>, </s>, <|endoftext|>)."""
     import io
@@ -52,7 +52,7 @@ def write_sentencepiece(folder: Path, vocab_size: int) -> None:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(training_text()), model_writer=model,
                                    vocab_size=min(vocab_size, 200), model_type="bpe", character_coverage=1.0,
-                                   user_defined_symbols=["<|endoftext|>"], minloglevel=2)
+                                   user_defined_symbols=list(extra_symbols), minloglevel=2)
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", '
                                                   '"eos_token": "</s>", "unk_token": "<unk>"}\n')
