@@ -95,8 +95,8 @@ def check_phi3_name(vocab: GGUFVocab, name: str, where: object) -> None:
     if missing:
         raise InputError(f"general.name {name!r} contains 'phi3', so llama.cpp looks up {', '.join(missing)}, "
                          "which the vocabulary lacks: it would fail to load", path=where,
-                         fix="give the model's real tokenizer (it has these tokens), or name the output "
-                             "without 'phi3'")
+                         fix="give the model's real tokenizer (it has these tokens), or rename the model "
+                             "folder (general.name is taken from it) so it does not contain 'phi3'")
 
 
 def add_vocab(writer: gguf.GGUFWriter, vocab: GGUFVocab) -> None:

@@ -109,4 +109,4 @@ def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> 
     write_sentencepiece(model, 256, extra_symbols=())  # no <|endoftext|>
     out = tmp_path / "out.gguf"
     result = CliRunner().invoke(main, ["convert", str(model), "--to", "gguf", "-o", str(out)])
-    assert result.exit_code == 2 and "<unk>" in result.stderr and not out.exists()
+    assert result.exit_code == 2 and "<|endoftext|>" in result.stderr and not out.exists()
