@@ -8,6 +8,7 @@ Every key string comes from ``gguf.Keys``; every tensor name from ``gguf.TENSOR_
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,7 +147,8 @@ def open_reader(path: Path) -> gguf.GGUFReader:
     fix = "the file is truncated or corrupt (or not GGUF): download or convert it again"
     try:
         reader = gguf.GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OSError, OverflowError, UnicodeDecodeError, TypeError) as error:
+    except (ValueError, IndexError, KeyError, OSError, OverflowError, UnicodeDecodeError, TypeError,
+            struct.error) as error:
         raise InputError(f"cannot read GGUF ({type(error).__name__}: {error})", path=path, fix=fix) from None
     size = path.stat().st_size
     for tensor in reader.tensors:

@@ -200,6 +200,8 @@ def convert_command(model_dir: Path, target_format: str, outtype: str, output: P
     for llama and mistral) that llama.cpp runs with the checkpoint's LongRoPE; with --factors
     (or any other bake option) the checkpoint is baked on the fly first.
     """
+    if target_format == "hf" and outtype != "f32":
+        raise click.UsageError("--outtype applies to --to gguf only")
     if target_format == "gguf":
         from .cli_gguf import run_convert_gguf
 

@@ -149,3 +149,25 @@ def test_inspect_gguf(converted_gguf) -> None:
     assert any("-np" in note for note in report["longrope"]["llama_cpp_selection"])
     human = CliRunner().invoke(main, ["inspect", str(converted_gguf("phi3"))])
     assert "SHORT factors" in human.stdout and "long factors: 48 f32" in human.stdout
+
+
+def test_validate_gguf_reports_start_token_effect(gguf_models, tmp_path) -> None:
+    """llama.cpp ignores n_hat: the report gates against the n_hat-free reference and says how much n_hat moves
+    the logits."""
+    require_llama_cpp()
+    from longrope_export.bake import BakeOptions, bake
+
+    baked = bake(gguf_models.phi3_base, tmp_path / "phi3_nhat", BakeOptions(factors=gguf_models.phi3_spec,
+                                                                            start_token=8)).output
+    out = tmp_path / "phi3-nhat.gguf"
+    assert CliRunner().invoke(main, ["convert", str(baked), "--to", "gguf", "-o", str(out)]).exit_code == 0
+    assert _fields(out)[START_TOKEN_KEY].contents() == 8
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["validate", "gguf", str(out), "--checkpoint", str(baked), "--lengths", "300",
+                                       "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    item = json.loads(report_path.read_text())["lengths"][0]
+    print(f"n_hat=8 at 300 tokens changes transformers' logits by {item['start_token_effect']:.3g} "
+          f"(llama.cpp vs n_hat-free reference: {item['max_abs_error']:.3g})")
+    assert item["start_token_effect"] > 10 * item["max_abs_error"]
+    assert "start token effect" in result.stdout and "passed" in result.stdout

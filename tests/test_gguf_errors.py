@@ -110,3 +110,23 @@ def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> 
     out = tmp_path / "out.gguf"
     result = CliRunner().invoke(main, ["convert", str(model), "--to", "gguf", "-o", str(out)])
     assert result.exit_code == 2 and "<|endoftext|>" in result.stderr and not out.exists()
+
+
+def test_split_gguf_is_refused_with_the_merge_command(converted_gguf, gguf_models, tmp_path) -> None:
+    from converters.gguf_patch import raw_value
+
+    source = gguf.GGUFReader(converted_gguf("phi3"))
+    part = tmp_path / "model-00001-of-00002.gguf"
+    writer = gguf.GGUFWriter(part, "phi3")
+    for item in source.fields.values():
+        if not item.name.startswith("GGUF.") and item.name != gguf.Keys.General.ARCHITECTURE:
+            sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
+    writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "out.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(part), "--factors", str(gguf_models.phi3_spec), "-o", str(out)])
+    assert result.exit_code == 2 and "llama-gguf-split --merge" in result.stderr and not out.exists()
