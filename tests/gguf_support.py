@@ -70,8 +70,7 @@ def build_tiny_models(root: Path) -> TinyModels:
     # A folder named phi3_baked makes general.name contain "phi3": llama.cpp's Phi-3 vocabulary rule applies.
     phi3_baked = root / "phi3" / "phi3_baked"
     bake(phi3_base, phi3_baked, BakeOptions(factors=spec))
-    llama_base = build_checkpoint("llama", root / "llama" / "base", tokenizer="bpe", vocab_size=320,
-                                  max_position_embeddings=ORIGINAL)
+    llama_base = build_checkpoint("llama", root / "llama" / "base", tokenizer="spm", max_position_embeddings=ORIGINAL)
     llama_baked = root / "llama" / "llama_baked"
     bake(llama_base, llama_baked, BakeOptions(factors=LA2_LONG, short_factors=LA2_SHORT,
                                               original_max_position_embeddings=ORIGINAL,
@@ -96,6 +95,34 @@ def llama_cpp_converter(cache: Path) -> Path:
                                                           or m.name.endswith("/convert_hf_to_gguf.py"))]
         archive.extractall(cache, members=members, filter="data")
     return script
+
+
+def rewrite_gguf(source: Path, target: Path, drop: frozenset[str] = frozenset(),
+                 as_f16: frozenset[str] = frozenset(), extra: dict[str, int] | None = None) -> Path:
+    """Copy a GGUF file with gguf-py, dropping some tensors, storing others as f16 and adding u16 keys."""
+    import gguf
+    import numpy as np
+
+    from converters.gguf_patch import raw_value
+
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(target, reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    for item in reader.fields.values():
+        if item.name.startswith("GGUF.") or item.name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
+    for key, value in (extra or {}).items():
+        writer.add_uint16(key, value)
+    for tensor in reader.tensors:
+        if tensor.name not in drop:
+            data = np.asarray(tensor.data)
+            writer.add_tensor(tensor.name, data.astype(np.float16) if tensor.name in as_f16 else data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
 
 
 def run_llama_cpp_converter(script: Path, model_dir: Path, output: Path, outtype: str = "f32") -> Path:

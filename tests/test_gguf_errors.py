@@ -9,35 +9,12 @@ import shutil
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from gguf_support import rewrite_gguf
 
 from converters.gguf_longrope import factor_tensor_names
 from longrope_export.cli import main
-
-
-def _rewrite(source: Path, target: Path, drop: set[str] = frozenset(), as_f16: set[str] = frozenset()) -> Path:
-    """Copy a GGUF file with gguf-py, dropping some tensors and storing others as f16 (test helper)."""
-    from converters.gguf_patch import raw_value
-
-    reader = gguf.GGUFReader(source)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    writer = gguf.GGUFWriter(target, arch)
-    for item in reader.fields.values():
-        if item.name.startswith("GGUF.") or item.name == gguf.Keys.General.ARCHITECTURE:
-            continue
-        sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
-    for tensor in reader.tensors:
-        if tensor.name not in drop:
-            data = np.asarray(tensor.data)
-            writer.add_tensor(tensor.name, data.astype(np.float16) if tensor.name in as_f16 else data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return target
 
 
 @pytest.fixture()
@@ -50,7 +27,7 @@ def bad_files(converted_gguf, tmp_path) -> dict[str, Path]:
     corrupt.write_bytes(b"NOPE" + data[4:])
     header_cut = tmp_path / "header-cut.gguf"
     header_cut.write_bytes(data[:200])
-    f16 = _rewrite(good, tmp_path / "f16-factors.gguf", as_f16=set(factor_tensor_names()))
+    f16 = rewrite_gguf(good, tmp_path / "f16-factors.gguf", as_f16=frozenset(factor_tensor_names()))
     return {"truncated": truncated, "corrupt": corrupt, "header-cut": header_cut, "f16-factors": f16}
 
 
@@ -81,7 +58,7 @@ def test_f16_factor_tensor_never_reaches_llama_cpp(bad_files) -> None:
 
 
 def test_silent_drop_is_reported(converted_gguf, tmp_path) -> None:
-    dropped = _rewrite(converted_gguf("llama"), tmp_path / "dropped.gguf", drop=set(factor_tensor_names()))
+    dropped = rewrite_gguf(converted_gguf("llama"), tmp_path / "dropped.gguf", drop=frozenset(factor_tensor_names()))
     result = CliRunner().invoke(main, ["inspect", str(dropped), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -113,20 +90,8 @@ def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> 
 
 
 def test_split_gguf_is_refused_with_the_merge_command(converted_gguf, gguf_models, tmp_path) -> None:
-    from converters.gguf_patch import raw_value
-
-    source = gguf.GGUFReader(converted_gguf("phi3"))
-    part = tmp_path / "model-00001-of-00002.gguf"
-    writer = gguf.GGUFWriter(part, "phi3")
-    for item in source.fields.values():
-        if not item.name.startswith("GGUF.") and item.name != gguf.Keys.General.ARCHITECTURE:
-            sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
-    writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 2)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    part = rewrite_gguf(converted_gguf("phi3"), tmp_path / "model-00001-of-00002.gguf",
+                        extra={gguf.Keys.Split.LLM_KV_SPLIT_COUNT: 2})
     out = tmp_path / "out.gguf"
     result = CliRunner().invoke(main, ["gguf-patch", str(part), "--factors", str(gguf_models.phi3_spec), "-o", str(out)])
     assert result.exit_code == 2 and "llama-gguf-split --merge" in result.stderr and not out.exists()

@@ -97,3 +97,29 @@ def test_patch_refuses_per_layer_factors(converted_gguf, tmp_path) -> None:
                                        "--max-position-embeddings", "8192", "-o", str(out)])
     assert result.exit_code == 2 and "differ between layers" in result.stderr
     assert list(tmp_path.iterdir()) == [rows]
+
+
+def test_patch_repairs_stock_llama_silent_drop(gguf_models, converted_gguf, llama_cpp_converter_script,
+                                               tmp_path) -> None:
+    """llama.cpp's converter on a LongRoPE Llama writes the type but no factors (plain RoPE at run time);
+    gguf-patch with the checkpoint's own spec gives llama.cpp the logits of convert --to gguf."""
+    from converters.gguf_inspect import inspect_gguf
+
+    stock = run_llama_cpp_converter(llama_cpp_converter_script, gguf_models.llama_baked, tmp_path / "stock.gguf")
+    assert inspect_gguf(stock)["silent_drop"] is True
+    out = tmp_path / "repaired.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(stock), "--factors", str(gguf_models.llama_baked),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert inspect_gguf(out)["silent_drop"] is False
+    require_llama_cpp()
+    from validation.gguf_parity import compare_logits, token_ids
+    from validation.llama_cpp_runtime import context_for, llama_cpp_logits
+
+    for n_tokens, which in ((64, "short"), (300, "long")):
+        ids, choice = token_ids(n_tokens, 256), context_for(n_tokens, ORIGINAL, which)
+        reference = llama_cpp_logits(converted_gguf("llama"), ids, choice)
+        got = compare_logits(reference, llama_cpp_logits(out, ids, choice))
+        assert got["max_abs_error"] <= 1e-3 * got["logit_scale"], (n_tokens, got)
+        dropped = compare_logits(reference, llama_cpp_logits(stock, ids, choice))
+        assert dropped["max_abs_error"] > 100 * max(got["max_abs_error"], 1e-6), (n_tokens, dropped)
