@@ -181,3 +181,23 @@ def test_validate_gguf_reports_start_token_effect(gguf_models, tmp_path) -> None
           f"(llama.cpp vs n_hat-free reference: {item['max_abs_error']:.3g})")
     assert item["start_token_effect"] > 10 * item["max_abs_error"]
     assert "start token effect" in result.stdout and "passed" in result.stdout
+
+
+def test_convert_streams_one_tensor_at_a_time(gguf_models, tmp_path, monkeypatch) -> None:
+    """Each weight payload is released before the next one is loaded: peak memory ~ the largest tensor."""
+    import weakref
+
+    import converters.gguf_writer as writer_module
+
+    original, alive = writer_module._payload, []
+
+    def tracked(tensor, factors, handles):  # type: ignore[no-untyped-def]
+        assert all(ref() is None for ref in alive), "an earlier tensor payload is still referenced"
+        array = original(tensor, factors, handles)
+        if tensor.source is not None:
+            alive.append(weakref.ref(array))
+        return array
+
+    monkeypatch.setattr(writer_module, "_payload", tracked)
+    plan = writer_module.convert_to_gguf(gguf_models.llama_baked, tmp_path / "streamed.gguf", "q8_0")
+    assert len(alive) == len(plan.tensors) - 2
