@@ -91,8 +91,8 @@ def _hf_tensors(model_dir: Path) -> list[tuple[str, Path, tuple[int, ...]]]:
     for shard in shards:
         check_safetensors(shard)
         with safe_open(str(shard), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                found.append((name, shard, tuple(handle.get_slice(name).get_shape())))
+            names = list(handle.keys())  # safe_open is not a dict: keys() is its API
+            found.extend((name, shard, tuple(handle.get_slice(name).get_shape())) for name in names)
     return found
 
 

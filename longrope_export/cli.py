@@ -239,7 +239,7 @@ def _print_rope_check(result: dict[str, Any]) -> None:
     click.echo("passed" if result["passed"] else "FAILED")
 
 
-from . import cli_gguf  # noqa: F401  (registers gguf-patch and validate gguf)
+from . import cli_gguf  # noqa: E402,F401  (registers gguf-patch and validate gguf)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -107,7 +107,8 @@ def validate_gguf_command(gguf_path: Path, checkpoint: Path, lengths: str, repor
     try:
         sizes = tuple(int(item) for item in lengths.split(",") if item.strip())
     except ValueError:
-        raise click.BadParameter(f"{lengths!r} is not a comma-separated list of integers", param_hint="--lengths")
+        raise click.BadParameter(f"{lengths!r} is not a comma-separated list of integers",
+                                 param_hint="--lengths") from None
     result = gguf_parity(gguf_path, checkpoint, sizes)
     write_report(report, result)
     emit(result, as_json, _print_parity)

@@ -93,5 +93,6 @@ def test_split_gguf_is_refused_with_the_merge_command(converted_gguf, gguf_model
     part = rewrite_gguf(converted_gguf("phi3"), tmp_path / "model-00001-of-00002.gguf",
                         extra={gguf.Keys.Split.LLM_KV_SPLIT_COUNT: 2})
     out = tmp_path / "out.gguf"
-    result = CliRunner().invoke(main, ["gguf-patch", str(part), "--factors", str(gguf_models.phi3_spec), "-o", str(out)])
+    result = CliRunner().invoke(main, ["gguf-patch", str(part), "--factors", str(gguf_models.phi3_spec),
+                                       "-o", str(out)])
     assert result.exit_code == 2 and "llama-gguf-split --merge" in result.stderr and not out.exists()
