@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longrope_export import rope
-from longrope_export.errors import InputError
+from longrope_export.errors import InputError, RuntimeUnavailable
 from longrope_export.spec import LongRoPESpec
 
 if TYPE_CHECKING:
@@ -28,6 +28,15 @@ SWITCH_POLICY_KEY = "longrope.switch_policy"
 #: Architectures that load long/short factor tensors only with ``rope.scaling.type = longrope``.
 NEEDS_SCALING_TYPE = ("llama",)
 SUPPORTED_ARCHS = ("llama", "phi3")
+
+
+def require_gguf() -> None:
+    """A clear exit-3 error when the ``gguf`` package (the ``[gguf]`` extra) is missing."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as error:
+        raise RuntimeUnavailable(f"the gguf package is not importable ({error})",
+                                 fix="pip install 'longrope-export[gguf]'") from None
 
 
 def model_arch(arch_name: str, where: object = None) -> gguf.MODEL_ARCH:
@@ -139,6 +148,7 @@ class GGUFLongRoPE:
 
 def open_reader(path: Path) -> gguf.GGUFReader:
     """A ``GGUFReader`` whose failures (truncated, corrupt, not GGUF) become a clear :class:`InputError`."""
+    require_gguf()
     import gguf
 
     path = Path(path)

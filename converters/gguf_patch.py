@@ -152,6 +152,9 @@ def patch_gguf(input_path: Path, output: Path, options: BakeOptions) -> PatchRes
         dropped.append(rope_freqs_name())  # arch llama with longrope loads long/short instead
     kept = [tensor for tensor in reader.tensors if tensor.name not in dropped]
     dropped = [tensor.name for tensor in reader.tensors if tensor.name in dropped]
+    if rope_freqs_name() in dropped:
+        notes.append(f"removed {rope_freqs_name()}: with rope.scaling.type longrope, llama.cpp's arch {arch} loads "
+                     "the long/short factor tensors instead (and refuses a file with both)")
     if field_value(reader, gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch)) is not None:
         notes.append("removed rope.scaling.factor: llama.cpp would stack linear scaling on top of LongRoPE")
     with atomic_gguf(Path(output), arch, options.force, sources=(input_path,)) as writer:

@@ -18,7 +18,7 @@ from longrope_export.registry import Architecture, architecture_for
 from longrope_export.sources import read_json
 from longrope_export.spec import LongRoPESpec
 
-from .gguf_longrope import add_longrope_keys, factor_arrays, model_arch, selection_notes
+from .gguf_longrope import add_longrope_keys, factor_arrays, model_arch, require_gguf, selection_notes
 from .gguf_vocab import GGUFVocab, add_vocab, check_phi3_name, read_vocab
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def plan_gguf(model_dir: Path, outtype: str = "f32", name: str | None = None) ->
     from longrope_export.hf_loader import checkpoint_spec
 
     model_dir = Path(model_dir)
+    require_gguf()
     if outtype not in OUTTYPES:
         raise InputError(f"outtype {outtype!r} is not supported", fix=f"use one of {', '.join(OUTTYPES)}")
     config = read_json(model_dir / "config.json")

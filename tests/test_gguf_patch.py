@@ -35,7 +35,10 @@ def plain_ggufs(gguf_models, llama_cpp_converter_script, tmp_path_factory) -> di
 
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
 def test_patch_changes_only_longrope(outtype: str, plain_ggufs, gguf_models, converted_gguf, tmp_path) -> None:
+    from converters.gguf_inspect import inspect_gguf
+
     source = plain_ggufs[outtype]
+    assert inspect_gguf(source)["longrope"] is None and not inspect_gguf(source)["silent_drop"]
     out = tmp_path / "patched.gguf"
     result = CliRunner().invoke(main, ["gguf-patch", str(source), "--factors", str(gguf_models.phi3_spec),
                                        "-o", str(out), "--json"])
