@@ -26,15 +26,19 @@ ORIGINAL, TARGET = 256, 8192
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 
 
+def skip_or_fail(message: str) -> None:
+    """Skip, or fail when LONGROPE_REQUIRE_LLAMA_CPP=1 (CI installs llama.cpp and must run these tests)."""
+    if os.environ.get("LONGROPE_REQUIRE_LLAMA_CPP") == "1":
+        pytest.fail(f"{message} (LONGROPE_REQUIRE_LLAMA_CPP=1)")
+    pytest.skip(message)
+
+
 def require_llama_cpp() -> None:
     """Skip (or, with LONGROPE_REQUIRE_LLAMA_CPP=1, fail) when llama-cpp-python cannot be imported."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError as error:
-        message = f"llama-cpp-python not importable ({error}); install {LLAMA_CPP_PYTHON}"
-        if os.environ.get("LONGROPE_REQUIRE_LLAMA_CPP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"llama-cpp-python not importable ({error}); install {LLAMA_CPP_PYTHON}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ def llama_cpp_converter(cache: Path) -> Path:
                            LLAMA_CPP_PYTHON, "-d", str(cache)], check=False, capture_output=True, text=True)
     archives = sorted(cache.glob("llama_cpp_python-0.3.36.tar.gz"))
     if done.returncode != 0 or not archives:
-        pytest.skip(f"cannot obtain the {LLAMA_CPP_PYTHON} sdist: {done.stderr.strip()[-300:]}")
+        skip_or_fail(f"cannot obtain the {LLAMA_CPP_PYTHON} sdist (llama.cpp's convert_hf_to_gguf.py): "
+                     f"{done.stderr.strip()[-300:]}")
     with tarfile.open(archives[0]) as archive:
         members = [m for m in archive.getmembers()
                    if "/vendor/llama.cpp/" in m.name and ("/gguf-py/" in m.name or "/conversion/" in m.name
