@@ -71,6 +71,7 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
         raise InputError(f"tokenizer has {len(tokens)} tokens but the model's vocab_size is {vocab_size}",
                          path=model_dir, fix="give the tokenizer that belongs to this checkpoint")
     notes = []
+    _apply_added_tokens(Path(model_dir), tokens, scores, types)
     if len(tokens) < vocab_size:
         notes.append(f"token list padded from {len(tokens)} to vocab_size {vocab_size} with [PAD{{i}}] tokens")
         for index in range(len(tokens), vocab_size):
@@ -83,6 +84,30 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
                      "picked by its own converter's hash table, which this tool does not copy")
     special = gguf.SpecialVocab(model_dir, load_merges=model == "gpt2", n_vocab=len(tokens))
     return GGUFVocab(model, tokens, scores if model == "llama" else None, types, special, notes)
+
+
+def _apply_added_tokens(model_dir: Path, tokens: list[bytes], scores: list[float], types: list[int]) -> None:
+    """tokenizer_config.json's added tokens (Phi-3's <|user|>, <|end|>, ...): special ones are CONTROL tokens,
+    so llama.cpp treats them as llama.cpp's own converter marks them (end-of-turn detection, detokenizing)."""
+    import json
+
+    import gguf
+
+    path = model_dir / "tokenizer_config.json"
+    if not path.exists():
+        return
+    try:
+        decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"not valid JSON ({error})", path=path,
+                         fix="restore the model's tokenizer_config.json") from None
+    for key, entry in decoder.items():
+        index = int(key)
+        if index >= len(tokens):
+            continue  # beyond the tokenizer's own vocabulary: padding covers it
+        tokens[index] = str(entry["content"]).encode("utf-8")
+        scores[index] = -1000.0
+        types[index] = int(gguf.TokenType.CONTROL if entry.get("special") else gguf.TokenType.USER_DEFINED)
 
 
 def check_phi3_name(vocab: GGUFVocab, name: str, where: object) -> None:
