@@ -201,3 +201,20 @@ def test_convert_streams_one_tensor_at_a_time(gguf_models, tmp_path, monkeypatch
     monkeypatch.setattr(writer_module, "_payload", tracked)
     plan = writer_module.convert_to_gguf(gguf_models.llama_baked, tmp_path / "streamed.gguf", "q8_0")
     assert len(alive) == len(plan.tensors) - 2
+
+
+def test_added_special_tokens_become_control_tokens(gguf_models, tmp_path) -> None:
+    import shutil
+
+    from converters.gguf_vocab import read_vocab
+
+    model = tmp_path / "model"
+    shutil.copytree(gguf_models.phi3_baked, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"3": {"content": "<|endoftext|>", "special": True},
+                                      "4": {"content": "<|user|>", "special": False}}
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    vocab = read_vocab(model, 256)
+    assert vocab.tokens[3:5] == [b"<|endoftext|>", b"<|user|>"]
+    assert vocab.types[3:5] == [gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED]
+    assert len(vocab.tokens) == 256 and vocab.tokens[-1] == b"[PAD255]"
