@@ -96,10 +96,12 @@ def gguf_patch_command(input_path: Path, output: Path, as_json: bool, **kw: Any)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
               help="The baked checkpoint the GGUF file came from (transformers is the reference).")
 @click.option("--lengths", default="64,300", show_default=True, help="Comma-separated prompt lengths in tokens.")
+@click.option("--isolate/--in-process", default=True, show_default=True,
+              help="Run llama.cpp in a child process, so a crash on a malformed file is an error, not a crash.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
 @json_option
 @handle_errors
-def validate_gguf_command(gguf_path: Path, checkpoint: Path, lengths: str, report: Path | None,
+def validate_gguf_command(gguf_path: Path, checkpoint: Path, lengths: str, isolate: bool, report: Path | None,
                           as_json: bool) -> None:
     """Compare llama.cpp logits on MODEL.gguf with transformers on its checkpoint (exit 0 pass, 1 fail)."""
     from validation.gguf_parity import gguf_parity
@@ -109,7 +111,7 @@ def validate_gguf_command(gguf_path: Path, checkpoint: Path, lengths: str, repor
     except ValueError:
         raise click.BadParameter(f"{lengths!r} is not a comma-separated list of integers",
                                  param_hint="--lengths") from None
-    result = gguf_parity(gguf_path, checkpoint, sizes)
+    result = gguf_parity(gguf_path, checkpoint, sizes, isolate=isolate)
     write_report(report, result)
     emit(result, as_json, _print_parity)
     if not result["passed"]:

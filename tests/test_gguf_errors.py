@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import pytest
 from click.testing import CliRunner
-from gguf_support import rewrite_gguf
+from gguf_support import require_llama_cpp, rewrite_gguf
 
 from converters.gguf_longrope import factor_tensor_names
 from longrope_export.cli import main
@@ -55,6 +55,18 @@ def test_f16_factor_tensor_never_reaches_llama_cpp(bad_files) -> None:
 
     with pytest.raises(InputError, match="aborts the process unless it is F32"):
         llama_cpp_logits(bad_files["f16-factors"], [1, 2, 3], context_for(3, 256, "short"))
+
+
+def test_isolated_llama_cpp_turns_an_abort_into_exit_3(bad_files) -> None:
+    """Without the preflight check llama.cpp aborts the process on an f16 factor tensor (SIGABRT); run in a
+    child process the abort becomes a RuntimeUnavailable error (exit 3)."""
+    require_llama_cpp()
+    from longrope_export.errors import RuntimeUnavailable
+    from validation.llama_cpp_runtime import _logits_in_child, context_for
+
+    with pytest.raises(RuntimeUnavailable, match="crashed") as caught:
+        _logits_in_child(bad_files["f16-factors"], [1, 2, 3], context_for(3, 256, "short"), 2)
+    assert caught.value.exit_code == 3
 
 
 def test_silent_drop_is_reported(converted_gguf, tmp_path) -> None:

@@ -73,7 +73,8 @@ def _file_type(path: Path) -> str:
     return "unknown" if value is None else gguf.LlamaFileType(int(value)).name
 
 
-def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: int, gated: bool) -> dict[str, Any]:
+def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: int, gated: bool,
+                   isolate: bool) -> dict[str, Any]:
     from .llama_cpp_runtime import context_for, llama_cpp_logits
 
     ids = token_ids(n_tokens, int(model.config.vocab_size))
@@ -83,7 +84,7 @@ def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: in
     choice = context_for(n_tokens, spec.original_max_position_embeddings, which)
     result: dict[str, Any] = {"n_tokens": n_tokens, "factor_set": which, "n_ctx": choice.n_ctx,
                               "original_override": choice.original_override,
-                              **compare_logits(reference, llama_cpp_logits(gguf_path, ids, choice))}
+                              **compare_logits(reference, llama_cpp_logits(gguf_path, ids, choice, isolate=isolate))}
     result["tolerance"] = tolerance(result["logit_scale"], n_tokens)
     result["plain_rope_error"] = compare_logits(reference, _hf_logits(model, _plain_spec(spec), ids))["max_abs_error"]
     if spec.policy == "switch":
@@ -92,7 +93,7 @@ def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: in
         if other == "short" and wrong.original_override is None:
             wrong = type(wrong)(wrong.n_ctx, wrong.n_ctx, other)
         result["wrong_factor_set_error"] = compare_logits(
-            reference, llama_cpp_logits(gguf_path, ids, wrong))["max_abs_error"]
+            reference, llama_cpp_logits(gguf_path, ids, wrong, isolate=isolate))["max_abs_error"]
     if spec.start_token > 0:
         with_n_hat = _hf_logits(model, spec, ids)
         result["start_token_effect"] = compare_logits(reference, with_n_hat)["max_abs_error"]
@@ -101,10 +102,12 @@ def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: in
     return result
 
 
-def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (64, 300)) -> dict[str, Any]:
+def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (64, 300),
+                isolate: bool = False) -> dict[str, Any]:
     """The parity report of ``gguf_path`` against the baked checkpoint it came from.
 
     Only f32 files are gated; f16/bf16/q8_0 report error, KL and top-1 without a verdict.
+    ``isolate`` runs llama.cpp in a child process (a crash becomes exit 3, not the caller's death).
 
     Example:
         >>> report = gguf_parity(Path("phi3.gguf"), Path("phi3-longrope"))  # doctest: +SKIP
@@ -125,7 +128,7 @@ def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (6
     gated = file_type == "ALL_F32"
     torch.set_flush_denormal(True)
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
-    results = [_length_report(gguf_path, model, spec, n, gated) for n in lengths]
+    results = [_length_report(gguf_path, model, spec, n, gated, isolate) for n in lengths]
     return {"gguf": str(gguf_path), "checkpoint": str(checkpoint), "file_type": file_type, "gated": gated,
             "policy": spec.policy, "original_context": spec.original_max_position_embeddings,
             "tolerance_rule": f"logit_scale * max({RELATIVE_TOLERANCE}, {RELATIVE_TOLERANCE_PER_TOKEN} * n_tokens); "

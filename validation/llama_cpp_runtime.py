@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,14 +86,25 @@ def _quiet_stderr() -> Any:
         os.close(saved)
 
 
-def llama_cpp_logits(path: Path, ids: list[int], choice: ContextChoice, threads: int = 2) -> Any:
-    """fp32 logits (``len(ids) x vocab`` numpy array) of one forward pass of ``ids`` through llama.cpp."""
-    import gguf
-    import numpy as np
+def llama_cpp_logits(path: Path, ids: list[int], choice: ContextChoice, threads: int = 2,
+                     isolate: bool = False) -> Any:
+    """fp32 logits (``len(ids) x vocab`` numpy array) of one forward pass of ``ids`` through llama.cpp.
 
+    The file is checked first (:func:`preflight`); ``isolate=True`` also runs llama.cpp in a child
+    process, so even a crash nobody foresaw becomes a :class:`RuntimeUnavailable` (exit 3).
+    """
     arch = preflight(path)
     if len(ids) > choice.n_ctx:
         raise InputError(f"{len(ids)} tokens do not fit n_ctx {choice.n_ctx}", fix="use a larger n_ctx")
+    if isolate:
+        return _logits_in_child(Path(path), ids, choice, threads)
+    return _logits_in_process(Path(path), arch, ids, choice, threads)
+
+
+def _logits_in_process(path: Path, arch: str, ids: list[int], choice: ContextChoice, threads: int) -> Any:
+    import gguf
+    import numpy as np
+
     Llama = import_llama()
     overrides = None
     if choice.original_override is not None:
@@ -108,3 +123,39 @@ def llama_cpp_logits(path: Path, ids: list[int], choice: ContextChoice, threads:
         return np.array(model.scores[: len(ids)], dtype=np.float32)
     finally:
         model.close()
+
+
+def _logits_in_child(path: Path, ids: list[int], choice: ContextChoice, threads: int) -> Any:
+    import numpy as np
+
+    import_llama()  # a missing package is reported here, not as a crash of the child
+    with tempfile.TemporaryDirectory(prefix="longrope-llama-cpp-") as tmp:
+        ids_file, out_file = Path(tmp) / "ids.npy", Path(tmp) / "logits.npy"
+        np.save(ids_file, np.asarray(ids, dtype=np.int64))
+        override = "" if choice.original_override is None else str(choice.original_override)
+        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(choice.n_ctx), override, str(threads),
+                               str(ids_file), str(out_file)], check=False, capture_output=True, text=True)
+        if done.returncode != 0 or not out_file.exists():
+            code = done.returncode
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            tail = " ".join(done.stderr.split()[-40:])
+            raise RuntimeUnavailable(f"llama.cpp crashed on the file ({how}): {tail}", path=path,
+                                     fix="check the file with: longrope-export inspect FILE.gguf")
+        return np.load(out_file)
+
+
+def _child_main(argv: list[str]) -> None:
+    """``python -m validation.llama_cpp_runtime PATH N_CTX OVERRIDE THREADS IDS.npy OUT.npy``."""
+    import numpy as np
+
+    from converters.gguf_longrope import arch_of, open_reader
+
+    path, n_ctx, override, threads, ids_file, out_file = argv
+    choice = ContextChoice(int(n_ctx), int(override) if override else None, "")
+    ids = [int(x) for x in np.load(ids_file)]
+    logits = _logits_in_process(Path(path), arch_of(open_reader(Path(path)), path), ids, choice, int(threads))
+    np.save(out_file, logits)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
