@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from longrope_export.errors import InputError
 from longrope_export.registry import Architecture, architecture_for
-from longrope_export.sources import read_json
+from longrope_export.sources import read_json, spec_from_config
 from longrope_export.spec import LongRoPESpec
 
 from .gguf_longrope import add_longrope_keys, factor_arrays, model_arch, require_gguf, selection_notes
@@ -149,6 +149,10 @@ def plan_gguf(model_dir: Path, outtype: str = "f32", name: str | None = None) ->
     if arch.gguf_arch is None:
         raise InputError(f"model_type {arch.model_type} has no GGUF export here", path=model_dir,
                          fix="supported for GGUF: llama, mistral, phi3")
+    if not (model_dir / "longrope.json").exists() and spec_from_config(config, str(model_dir / "config.json")) is None:
+        raise InputError("checkpoint has no LongRoPE", path=model_dir,
+                         fix="pass --factors FILE (with --max-position-embeddings N) to bake on the fly, "
+                             "or bake it first with longrope-export bake")
     spec = checkpoint_spec(model_dir)
     _geometry_checks(config, spec, model_dir)
     factor_arrays(spec)  # refuses differing per-layer rows before anything else
