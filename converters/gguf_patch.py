@@ -7,6 +7,7 @@ tensor. The input is never modified; the output is a temporary file renamed at t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,8 +129,9 @@ def _refuse_split(reader: gguf.GGUFReader, path: Path) -> None:
                          path=path, fix="merge first: llama-gguf-split --merge IN-00001-of-N.gguf merged.gguf")
 
 
-def patch_gguf(input_path: Path, output: Path, options: BakeOptions) -> PatchResult:
-    """Write ``output``: ``input_path`` with LongRoPE added or replaced.
+def patch_gguf(input_path: Path, output: Path, options: BakeOptions,
+               on_bytes: Callable[[int], None] | None = None) -> PatchResult:
+    """Write ``output``: ``input_path`` with LongRoPE added or replaced (``on_bytes``: progress per tensor).
 
     Example:
         >>> patch_gguf(Path("phi3-q8_0.gguf"), Path("phi3-long.gguf"),
@@ -170,6 +172,8 @@ def patch_gguf(input_path: Path, output: Path, options: BakeOptions) -> PatchRes
         writer.write_ti_data_to_file()
         for tensor in kept:
             writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+            if on_bytes is not None:
+                on_bytes(int(tensor.n_bytes))
         for array in factors.values():
             writer.write_tensor_data(array)
     return PatchResult(Path(output), spec, replaced, dropped, notes)

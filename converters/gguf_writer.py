@@ -8,7 +8,9 @@ one at a time, so peak memory stays near the largest single tensor.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,8 +228,10 @@ def _payload(tensor: PlannedTensor, factors: dict[str, np.ndarray], handles: dic
     return gguf.quants.quantize(data, tensor.qtype)
 
 
-def write_gguf(plan: GGUFPlan, output: Path, force: bool = False) -> Path:
-    """Stream ``plan`` into ``output`` (temporary file, renamed at the end)."""
+def write_gguf(plan: GGUFPlan, output: Path, force: bool = False,
+               on_bytes: Callable[[int], None] | None = None) -> Path:
+    """Stream ``plan`` into ``output`` (temporary file, renamed at the end); ``on_bytes`` gets each
+    tensor's stored size as it is written (for a progress bar)."""
     from contextlib import ExitStack
 
     from safetensors import safe_open
@@ -247,17 +251,22 @@ def write_gguf(plan: GGUFPlan, output: Path, force: bool = False) -> Path:
                    for shard in {t.shard for t in plan.tensors if t.shard is not None}}
         for tensor in plan.tensors:
             writer.write_tensor_data(_payload(tensor, factors, handles))
+            if on_bytes is not None:
+                on_bytes(tensor.stored()[2])
     return Path(output)
 
 
-def convert_to_gguf(model_dir: Path, output: Path, outtype: str = "f32", bake_options: Any = None,
-                    force: bool = False) -> GGUFPlan:
-    """Convert a baked checkpoint; with ``bake_options`` (a :class:`~longrope_export.bake.BakeOptions`) bake
-    it first into a temporary folder beside the output (weights hard-linked where possible).
+def total_bytes(plan: GGUFPlan) -> int:
+    """Bytes of tensor data the plan writes."""
+    return sum(tensor.stored()[2] for tensor in plan.tensors)
 
-    Example:
-        >>> convert_to_gguf(Path("phi3-longrope"), Path("phi3.gguf"), "q8_0")  # doctest: +SKIP
-    """
+
+@contextlib.contextmanager
+def prepared_plan(model_dir: Path, output: Path, outtype: str = "f32", bake_options: Any = None,
+                  force: bool = False) -> Iterator[GGUFPlan]:
+    """The plan for converting ``model_dir``; with ``bake_options`` (a :class:`~longrope_export.bake.BakeOptions`)
+    the checkpoint is baked first into a temporary folder beside the output (weights hard-linked where
+    possible), which lives as long as the context."""
     import dataclasses
     import shutil
     import tempfile
@@ -267,9 +276,8 @@ def convert_to_gguf(model_dir: Path, output: Path, outtype: str = "f32", bake_op
     model_dir, output = Path(model_dir), Path(output)
     check_output(output, force)
     if bake_options is None:
-        plan = plan_gguf(model_dir, outtype)
-        write_gguf(plan, output, force)
-        return plan
+        yield plan_gguf(model_dir, outtype)
+        return
     from longrope_export.bake import bake
 
     parent = output.parent if str(output.parent) else Path(".")
@@ -280,7 +288,18 @@ def convert_to_gguf(model_dir: Path, output: Path, outtype: str = "f32", bake_op
         baked = bake(model_dir, work / "baked", options)
         plan = plan_gguf(work / "baked", outtype, name=model_dir.resolve().name)
         plan.notes[:0] = baked.notes
-        write_gguf(plan, output, force)
-        return plan
+        yield plan
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def convert_to_gguf(model_dir: Path, output: Path, outtype: str = "f32", bake_options: Any = None,
+                    force: bool = False, on_bytes: Callable[[int], None] | None = None) -> GGUFPlan:
+    """Convert a baked checkpoint (or, with ``bake_options``, bake it on the fly first) into ``output``.
+
+    Example:
+        >>> convert_to_gguf(Path("phi3-longrope"), Path("phi3.gguf"), "q8_0")  # doctest: +SKIP
+    """
+    with prepared_plan(model_dir, output, outtype, bake_options, force) as plan:
+        write_gguf(plan, output, force, on_bytes)
+        return plan

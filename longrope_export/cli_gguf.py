@@ -28,10 +28,13 @@ def _bake_options(kw: dict[str, Any]) -> Any:
 
 def run_convert_gguf(model_dir: Path, output: Path, outtype: str, as_json: bool, **kw: Any) -> None:
     """``convert --to gguf``."""
-    from converters.gguf_writer import convert_to_gguf
+    from converters.gguf_writer import prepared_plan, total_bytes, write_gguf
 
     options = _bake_options(kw) if any(kw.get(name) is not None for name in BAKE_TRIGGERS) else None
-    plan = convert_to_gguf(model_dir, output, outtype, options, force=bool(kw.get("force")))
+    force = bool(kw.get("force"))
+    with prepared_plan(model_dir, output, outtype, options, force) as plan:
+        with click.progressbar(length=total_bytes(plan), label="writing GGUF", file=sys.stderr) as bar:
+            write_gguf(plan, output, force, on_bytes=bar.update)
     warn(plan.notes)
     data = {"output": str(output), "arch": plan.arch.gguf_arch, "outtype": outtype, "spec": plan.spec.to_dict(),
             "n_tensors": len(plan.tensors), "notes": plan.notes}
@@ -83,7 +86,9 @@ def gguf_patch_command(input_path: Path, output: Path, as_json: bool, **kw: Any)
     """Add or replace LongRoPE in IN.gguf (f32 or quantized), copying every other key and tensor unchanged."""
     from converters.gguf_patch import patch_gguf
 
-    result = patch_gguf(input_path, output, _bake_options(kw))
+    size = input_path.stat().st_size if input_path.is_file() else 0
+    with click.progressbar(length=size, label="writing GGUF", file=sys.stderr) as bar:
+        result = patch_gguf(input_path, output, _bake_options(kw), on_bytes=bar.update)
     warn(result.notes)
     data = {"output": str(result.output), "spec": result.spec.to_dict(), "replaced_keys": result.replaced_keys,
             "dropped_tensors": result.dropped_tensors, "notes": result.notes}
