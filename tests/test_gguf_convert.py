@@ -218,3 +218,21 @@ def test_added_special_tokens_become_control_tokens(gguf_models, tmp_path) -> No
     assert vocab.tokens[3:5] == [b"<|endoftext|>", b"<|user|>"]
     assert vocab.types[3:5] == [gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED]
     assert len(vocab.tokens) == 256 and vocab.tokens[-1] == b"[PAD255]"
+
+
+def test_grouped_query_attention_llama_parity(tmp_path) -> None:
+    """k_proj is permuted with the KV head count (4 query heads, 2 KV heads)."""
+    require_llama_cpp()
+    from tiny_models import build_checkpoint
+
+    from longrope_export.bake import BakeOptions, bake
+    from validation.gguf_parity import gguf_parity
+
+    base = build_checkpoint("llama", tmp_path / "base", tokenizer="spm", num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=ORIGINAL)
+    baked = bake(base, tmp_path / "llama_gqa", BakeOptions(factors=LA2_LONG, original_max_position_embeddings=ORIGINAL,
+                                                           max_position_embeddings=TARGET)).output
+    out = tmp_path / "gqa.gguf"
+    assert CliRunner().invoke(main, ["convert", str(baked), "--to", "gguf", "-o", str(out)]).exit_code == 0
+    item = gguf_parity(out, baked, (300,))["lengths"][0]
+    assert item["passed"] and item["plain_rope_error"] > 100 * item["max_abs_error"], item
