@@ -120,48 +120,34 @@ def _copy_keys(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, skip: set[str])
     return replaced
 
 
-def _refuse_split(reader: gguf.GGUFReader, path: Path) -> None:
+@dataclass
+class ShardEdit:
+    """What changes in one output file."""
+
+    drop: set[str]
+    skip_keys: set[str] = field(default_factory=set)
+    spec: LongRoPESpec | None = None  # write the LongRoPE keys
+    factors: dict[str, Any] = field(default_factory=dict)  # factor tensors to append
+    set_keys: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (value, GGUFValueType)
+
+
+def _write_shard(reader: gguf.GGUFReader, target: Path, arch: str, edit: ShardEdit,
+                 on_bytes: Callable[[int], None] | None) -> list[str]:
+    """Write one file: ``reader``'s keys and tensors with ``edit`` applied, tensors streamed from the memory
+    map. Returns the keys that were replaced."""
     import gguf
 
-    count = field_value(reader, gguf.Keys.Split.LLM_KV_SPLIT_COUNT)
-    if count is not None and int(count) > 1:
-        raise InputError(f"this is one of {count} split files; the factor tensors and keys belong to a whole model",
-                         path=path, fix="merge first: llama-gguf-split --merge IN-00001-of-N.gguf merged.gguf")
-
-
-def patch_gguf(input_path: Path, output: Path, options: BakeOptions,
-               on_bytes: Callable[[int], None] | None = None) -> PatchResult:
-    """Write ``output``: ``input_path`` with LongRoPE added or replaced (``on_bytes``: progress per tensor).
-
-    Example:
-        >>> patch_gguf(Path("phi3-q8_0.gguf"), Path("phi3-long.gguf"),
-        ...            BakeOptions(factors=Path("phi3.5.config.json")))  # doctest: +SKIP
-    """
-    import gguf
-
-    from .gguf_io import atomic_gguf
-
-    input_path = Path(input_path)
-    reader = open_reader(input_path)
-    _refuse_split(reader, input_path)
-    arch = arch_of(reader, input_path)
-    model_arch(arch, input_path)
-    spec = patch_spec(reader, input_path, options)
-    factors = factor_arrays(spec)
-    dropped = list(factor_tensor_names())
-    notes = selection_notes(spec)
-    if arch in NEEDS_SCALING_TYPE:
-        dropped.append(rope_freqs_name())  # arch llama with longrope loads long/short instead
-    kept = [tensor for tensor in reader.tensors if tensor.name not in dropped]
-    dropped = [tensor.name for tensor in reader.tensors if tensor.name in dropped]
-    if rope_freqs_name() in dropped:
-        notes.append(f"removed {rope_freqs_name()}: with rope.scaling.type longrope, llama.cpp's arch {arch} loads "
-                     "the long/short factor tensors instead (and refuses a file with both)")
-    if field_value(reader, gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch)) is not None:
-        notes.append("removed rope.scaling.factor: llama.cpp would stack linear scaling on top of LongRoPE")
-    with atomic_gguf(Path(output), arch, options.force, sources=(input_path,)) as writer:
-        replaced = _copy_keys(reader, writer, owned_keys(arch))
-        add_longrope_keys(writer, spec, arch)
+    writer = gguf.GGUFWriter(target, arch)
+    if reader.get_field(gguf.Keys.General.ARCHITECTURE) is None:  # later split files carry no architecture
+        writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)
+    try:
+        replaced = _copy_keys(reader, writer, edit.skip_keys)
+        if edit.spec is not None:
+            add_longrope_keys(writer, edit.spec, arch)
+        for key, (value, vtype) in edit.set_keys.items():
+            writer.add_key_value(key, value, vtype)
+        kept = [tensor for tensor in reader.tensors if tensor.name not in edit.drop]
+        factors = edit.factors
         for tensor in kept:
             writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
                                    tensor.tensor_type)
@@ -176,4 +162,71 @@ def patch_gguf(input_path: Path, output: Path, options: BakeOptions,
                 on_bytes(int(tensor.n_bytes))
         for array in factors.values():
             writer.write_tensor_data(array)
-    return PatchResult(Path(output), spec, replaced, dropped, notes)
+    finally:
+        writer.close()
+    return replaced
+
+
+def _drop_set(arch: str) -> set[str]:
+    drop = set(factor_tensor_names())
+    if arch in NEEDS_SCALING_TYPE:
+        drop.add(rope_freqs_name())  # arch llama with longrope loads long/short instead
+    return drop
+
+
+def _notes(spec: LongRoPESpec, reader: gguf.GGUFReader, arch: str, dropped: list[str], count: int) -> list[str]:
+    import gguf
+
+    notes = selection_notes(spec)
+    if rope_freqs_name() in dropped:
+        notes.append(f"removed {rope_freqs_name()}: with rope.scaling.type longrope, llama.cpp's arch {arch} loads "
+                     "the long/short factor tensors instead (and refuses a file with both)")
+    if field_value(reader, gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch)) is not None:
+        notes.append("removed rope.scaling.factor: llama.cpp would stack linear scaling on top of LongRoPE")
+    if count > 1:
+        notes.append(f"split model: the first file is rewritten; of the other {count - 1} file(s), those without "
+                     "LongRoPE tensors are copied byte for byte")
+    return notes
+
+
+def patch_gguf(input_path: Path, output: Path, options: BakeOptions,
+               on_bytes: Callable[[int], None] | None = None) -> PatchResult:
+    """Write ``output``: ``input_path`` with LongRoPE added or replaced (``on_bytes``: progress per tensor).
+
+    A split model is given by its first file (``NAME-00001-of-0000N.gguf``) and written under the same
+    naming scheme (``-o OUT-00001-of-0000N.gguf``).
+
+    Example:
+        >>> patch_gguf(Path("phi3-q8_0.gguf"), Path("phi3-long.gguf"),
+        ...            BakeOptions(factors=Path("phi3.5.config.json")))  # doctest: +SKIP
+    """
+    import gguf
+
+    from longrope_export.checkpoint import copy_verified
+
+    from .gguf_split import atomic_files, split_inputs, split_outputs
+
+    input_path = Path(input_path)
+    reader = open_reader(input_path)
+    shards = split_inputs(reader, input_path)
+    arch = arch_of(reader, input_path)
+    model_arch(arch, input_path)
+    outputs = split_outputs(Path(output), len(shards), options.force, tuple(path for path, _ in shards))
+    spec = patch_spec(reader, input_path, options)
+    factors = factor_arrays(spec)
+    drop = _drop_set(arch)
+    dropped = [t.name for _, shard in shards for t in shard.tensors if t.name in drop]
+    first = ShardEdit(drop, owned_keys(arch), spec, factors)
+    if len(shards) > 1:
+        count_key = gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT
+        total = sum(len(shard.tensors) for _, shard in shards) - len(dropped) + len(factors)
+        first.set_keys[count_key] = (total, reader.get_field(count_key).types[0])
+        first.skip_keys.add(count_key)
+    with atomic_files(outputs) as temps:
+        replaced = _write_shard(reader, temps[0], arch, first, on_bytes)
+        for (path, shard), temp in zip(shards[1:], temps[1:], strict=True):
+            if any(tensor.name in drop for tensor in shard.tensors):
+                _write_shard(shard, temp, arch, ShardEdit(drop), on_bytes)
+            else:
+                copy_verified(path, temp, on_bytes=on_bytes)
+    return PatchResult(outputs[0], spec, replaced, dropped, _notes(spec, reader, arch, dropped, len(shards)))

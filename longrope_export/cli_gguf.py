@@ -3,6 +3,7 @@ and the GGUF part of ``inspect``. Thin: each calls the library and prints what i
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,24 @@ def print_gguf_inspect(report: dict[str, Any]) -> None:
 @json_option
 @handle_errors
 def gguf_patch_command(input_path: Path, output: Path, as_json: bool, **kw: Any) -> None:
-    """Add or replace LongRoPE in IN.gguf (f32 or quantized), copying every other key and tensor unchanged."""
-    from converters.gguf_patch import patch_gguf
+    """Add or replace LongRoPE in IN.gguf (f32 or quantized), copying every other key and tensor unchanged.
 
-    size = input_path.stat().st_size if input_path.is_file() else 0
-    with click.progressbar(length=size, label="writing GGUF", file=sys.stderr) as bar:
-        result = patch_gguf(input_path, output, _bake_options(kw), on_bytes=bar.update)
+    A split model is given by its first file (NAME-00001-of-0000N.gguf) and written as
+    -o OUT-00001-of-0000N.gguf; files without LongRoPE tensors are copied byte for byte.
+    """
+    from converters.gguf_patch import patch_gguf
+    from converters.gguf_split import input_size
+
+    with contextlib.ExitStack() as stack:
+        bars: list[Any] = []
+
+        def on_bytes(count: int) -> None:  # the bar appears once writing starts, not before a refusal
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(length=input_size(input_path),
+                                                                  label="writing GGUF", file=sys.stderr)))
+            bars[0].update(count)
+
+        result = patch_gguf(input_path, output, _bake_options(kw), on_bytes=on_bytes)
     warn(result.notes)
     data = {"output": str(result.output), "spec": result.spec.to_dict(), "replaced_keys": result.replaced_keys,
             "dropped_tensors": result.dropped_tensors, "notes": result.notes}

@@ -130,6 +130,29 @@ def rewrite_gguf(source: Path, target: Path, drop: frozenset[str] = frozenset(),
     return target
 
 
+def split_gguf(source: Path, folder: Path, max_tensors: int) -> Path:
+    """Split a GGUF file the way gguf-py / llama-gguf-split do; returns the first file (model-00001-of-N.gguf)."""
+    import gguf
+    import numpy as np
+
+    from converters.gguf_patch import raw_value
+
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(folder / "model.gguf", reader.fields[gguf.Keys.General.ARCHITECTURE].contents(),
+                             split_max_tensors=max_tensors)
+    for item in reader.fields.values():
+        if not item.name.startswith("GGUF.") and item.name != gguf.Keys.General.ARCHITECTURE:
+            sub = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(item.name, raw_value(item), item.types[0], sub_type=sub)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(folder.glob("model-00001-of-*.gguf"))[0]
+
+
 def run_llama_cpp_converter(script: Path, model_dir: Path, output: Path, outtype: str = "f32") -> Path:
     done = subprocess.run([sys.executable, str(script), str(model_dir), "--outtype", outtype, "--outfile",
                            str(output)], check=False, capture_output=True, text=True)

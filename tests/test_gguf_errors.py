@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import gguf
 import pytest
 from click.testing import CliRunner
 from gguf_support import require_llama_cpp, rewrite_gguf
@@ -101,10 +100,19 @@ def test_phi3_name_without_required_tokens_is_refused(gguf_models, tmp_path) -> 
     assert result.exit_code == 2 and "<|endoftext|>" in result.stderr and not out.exists()
 
 
-def test_split_gguf_is_refused_with_the_merge_command(converted_gguf, gguf_models, tmp_path) -> None:
-    part = rewrite_gguf(converted_gguf("phi3"), tmp_path / "model-00001-of-00002.gguf",
-                        extra={gguf.Keys.Split.LLM_KV_SPLIT_COUNT: 2})
-    out = tmp_path / "out.gguf"
-    result = CliRunner().invoke(main, ["gguf-patch", str(part), "--factors", str(gguf_models.phi3_spec),
-                                       "-o", str(out)])
-    assert result.exit_code == 2 and "llama-gguf-split --merge" in result.stderr and not out.exists()
+def test_split_gguf_names_are_checked(converted_gguf, gguf_models, tmp_path) -> None:
+    from gguf_support import split_gguf
+
+    first = split_gguf(converted_gguf("phi3"), tmp_path, max_tensors=8)
+    second = first.with_name(first.name.replace("-00001-", "-00002-"))
+    cases = [(second, tmp_path / "out-00001-of-00003.gguf", "give the first file"),
+             (first, tmp_path / "out.gguf", "MODEL-00001-of-00003.gguf")]
+    for source, out, phrase in cases:
+        result = CliRunner().invoke(main, ["gguf-patch", str(source), "--factors", str(gguf_models.phi3_spec),
+                                           "-o", str(out)])
+        assert result.exit_code == 2 and phrase in result.stderr, result.output
+    third = first.with_name(first.name.replace("-00001-", "-00003-"))
+    third.unlink()
+    result = CliRunner().invoke(main, ["gguf-patch", str(first), "--factors", str(gguf_models.phi3_spec),
+                                       "-o", str(tmp_path / "o" / "out-00001-of-00003.gguf")])
+    assert result.exit_code == 2 and "missing" in result.stderr and not (tmp_path / "o").exists()

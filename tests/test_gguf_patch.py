@@ -126,3 +126,33 @@ def test_patch_repairs_stock_llama_silent_drop(gguf_models, converted_gguf, llam
         assert got["max_abs_error"] <= 1e-3 * got["logit_scale"], (n_tokens, got)
         dropped = compare_logits(reference, llama_cpp_logits(stock, ids, choice))
         assert dropped["max_abs_error"] > 100 * max(got["max_abs_error"], 1e-6), (n_tokens, dropped)
+
+
+@pytest.mark.parametrize("source_kind", ["plain", "converted"])
+def test_patch_split_model(source_kind: str, plain_ggufs, gguf_models, converted_gguf, tmp_path) -> None:
+    """A split model is patched through its first file: later files without LongRoPE tensors are copied byte
+    for byte, one holding old factor tensors is rewritten without them; llama.cpp loads the result."""
+    from gguf_support import split_gguf
+
+    source = plain_ggufs["f32"] if source_kind == "plain" else converted_gguf("phi3")
+    (tmp_path / "in").mkdir()
+    first = split_gguf(source, tmp_path / "in", max_tensors=7)
+    inputs = sorted((tmp_path / "in").iterdir())
+    assert len(inputs) == 3
+    out = tmp_path / "out" / "patched-00001-of-00003.gguf"
+    result = CliRunner().invoke(main, ["gguf-patch", str(first), "--factors", str(gguf_models.phi3_spec),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    outputs = sorted(out.parent.iterdir())
+    assert [p.name for p in outputs] == [f"patched-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    assert outputs[1].read_bytes() == inputs[1].read_bytes()
+    assert (outputs[2].read_bytes() == inputs[2].read_bytes()) == (source_kind == "plain")
+    count = gguf.GGUFReader(outputs[0]).fields[gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT].contents()
+    assert count == len(gguf.GGUFReader(converted_gguf("phi3")).tensors)
+    require_llama_cpp()
+    from validation.gguf_parity import compare_logits, token_ids
+    from validation.llama_cpp_runtime import context_for, llama_cpp_logits
+
+    ids, choice = token_ids(300, 256), context_for(300, ORIGINAL, "long")
+    got = compare_logits(llama_cpp_logits(converted_gguf("phi3"), ids, choice), llama_cpp_logits(out, ids, choice))
+    assert got["max_abs_error"] <= 1e-3 * got["logit_scale"], got
