@@ -220,7 +220,9 @@ def patch_gguf(input_path: Path, output: Path, options: BakeOptions,
     if len(shards) > 1:
         count_key = gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT
         total = sum(len(shard.tensors) for _, shard in shards) - len(dropped) + len(factors)
-        first.set_keys[count_key] = (total, reader.get_field(count_key).types[0])
+        count_field = reader.get_field(count_key)
+        vtype = gguf.GGUFValueType.INT32 if count_field is None else count_field.types[0]
+        first.set_keys[count_key] = (total, vtype)
         first.skip_keys.add(count_key)
     with atomic_files(outputs) as temps:
         replaced = _write_shard(reader, temps[0], arch, first, on_bytes)

@@ -89,7 +89,7 @@ def _hf_tensors(model_dir: Path) -> list[tuple[str, Path, tuple[int, ...]]]:
     shards = sorted(model_dir.glob("*.safetensors"))
     if not shards:
         raise InputError("no *.safetensors weights", path=model_dir, fix="give a checkpoint saved with save_pretrained")
-    found = []
+    found: list[tuple[str, Path, tuple[int, ...]]] = []
     for shard in shards:
         check_safetensors(shard)
         with safe_open(str(shard), framework="pt") as handle:
