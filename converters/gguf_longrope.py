@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from longrope_export import rope
 from longrope_export.errors import InputError, RuntimeUnavailable
+from longrope_export.registry import ARCHITECTURES
 from longrope_export.spec import LongRoPESpec
 
 if TYPE_CHECKING:
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 START_TOKEN_KEY = "longrope.start_token"
 #: ``long-only`` or ``switch``: what the exporter meant; llama.cpp switches by context size regardless.
 SWITCH_POLICY_KEY = "longrope.switch_policy"
-#: Architectures that load long/short factor tensors only with ``rope.scaling.type = longrope``.
+#: GGUF architectures (llama.cpp's behaviour, not a model family's) that load the long/short factor
+#: tensors only with ``rope.scaling.type = longrope`` (llama.cpp PR #10559); phi3 always loads them.
 NEEDS_SCALING_TYPE = ("llama",)
-SUPPORTED_ARCHS = ("llama", "phi3")
+#: The GGUF architectures the registry's model families convert to.
+SUPPORTED_ARCHS = tuple(sorted({arch.gguf_arch for arch in ARCHITECTURES.values() if arch.gguf_arch}))
 
 
 def require_gguf() -> None:
