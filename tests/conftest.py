@@ -55,7 +55,7 @@ def mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def gguf_models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Tiny phi3 (SentencePiece) and llama (BPE) checkpoints, original 256, baked to 8192 with real factors."""
+    """Tiny phi3 and llama checkpoints (SentencePiece tokenizers), original 256, baked to 8192 with real factors."""
     from gguf_support import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("gguf"))
