@@ -10,8 +10,11 @@ from typing import Any
 
 import click
 
-from .cli import emit, handle_errors, json_option, main, validate_group, warn, write_report
+from .cli import emit, handle_errors, json_option, main, warn, write_report
 from .errors import EXIT_CHECK_FAILED
+
+#: cli.py registers the ``validate`` group before it imports this module.
+validate_group: Any = main.commands["validate"]
 
 #: bake options that ask for baking on the fly (the rest only shape how baking is done).
 BAKE_TRIGGERS = ("factors", "short_factors", "policy", "start_token", "original", "target", "attention_factor")

@@ -236,3 +236,23 @@ def test_grouped_query_attention_llama_parity(tmp_path) -> None:
     assert CliRunner().invoke(main, ["convert", str(baked), "--to", "gguf", "-o", str(out)]).exit_code == 0
     item = gguf_parity(out, baked, (300,))["lengths"][0]
     assert item["passed"] and item["plain_rope_error"] > 100 * item["max_abs_error"], item
+
+
+def test_gguf_candidate_reads_the_spec_back(gguf_models, converted_gguf) -> None:
+    """The llama.cpp candidate for ``validate parity``: spec read back from the file, logits per factor set."""
+    require_llama_cpp()
+    from validation.gguf_parity import compare_logits, token_ids
+    from validation.llama_cpp_runtime import GgufCandidate
+
+    want = checkpoint_spec(gguf_models.phi3_baked)
+    candidate = GgufCandidate(converted_gguf("phi3"), isolate=False)
+    got = candidate.spec
+    assert candidate.dtype == "f32" and candidate.switch_rule == "per-context"
+    assert (got.policy, got.original_max_position_embeddings, got.max_position_embeddings, got.rotary_dim) == (
+        want.policy, want.original_max_position_embeddings, want.max_position_embeddings, want.rotary_dim)
+    for which in ("long", "short"):
+        np.testing.assert_array_equal(np.float32(got.factors(which)), np.float32(want.factors(which)))
+    assert np.float32(rope.attention_factor(got)) == np.float32(rope.attention_factor(want))
+    ids = np.asarray(token_ids(300, 256))
+    long_logits, short_logits = candidate.logits(ids, "long"), candidate.logits(ids, "short")
+    assert compare_logits(long_logits, short_logits)["max_abs_error"] > 1.0  # the requested set is used

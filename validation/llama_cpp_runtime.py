@@ -144,6 +144,62 @@ def _logits_in_child(path: Path, ids: list[int], choice: ContextChoice, threads:
         return np.load(out_file)
 
 
+#: ``general.file_type`` -> the dtype names of ``--outtype`` and ``validation.tolerances``.
+FILE_TYPES = {"ALL_F32": "f32", "MOSTLY_F16": "f16", "MOSTLY_BF16": "bf16", "MOSTLY_Q8_0": "q8_0"}
+
+
+def gguf_spec(path: Path) -> tuple[Any, str]:
+    """The :class:`LongRoPESpec` a GGUF file carries (``None`` without factor tensors) and its dtype name."""
+    import gguf
+
+    from converters.gguf_longrope import field_value, open_reader, read_longrope
+    from longrope_export.spec import LongRoPESpec
+
+    reader = open_reader(Path(path))
+    info = read_longrope(reader, path)
+    file_type = field_value(reader, gguf.Keys.General.FILE_TYPE)
+    name = "unknown" if file_type is None else gguf.LlamaFileType(int(file_type)).name
+    dtype = FILE_TYPES.get(name, name.lower())
+    if info.long_factors is None or info.short_factors is None or info.n_rot is None:
+        return None, dtype
+    long_rows, short_rows = (info.long_factors,), (info.short_factors,)
+    original = info.original_context_length or info.context_length
+    spec = LongRoPESpec(
+        rotary_dim=int(info.n_rot), rope_theta=float(info.rope_theta or 10000.0),
+        original_max_position_embeddings=int(original or 0), max_position_embeddings=int(info.context_length or 0),
+        long_factors=long_rows, short_factors=short_rows,
+        policy=info.switch_policy or ("long-only" if long_rows == short_rows else "switch"),  # type: ignore[arg-type]
+        start_token=int(info.start_token or 0),
+        attention_factor=None if info.attn_factor is None else float(info.attn_factor), source=str(path))
+    return spec, dtype
+
+
+@dataclass
+class GgufCandidate:
+    """A GGUF file run on llama.cpp, for ``validate parity`` (``validation.runtimes.Candidate``).
+
+    llama.cpp cannot express n_hat and picks the factor set once per context: :meth:`logits` runs
+    each call with a context (or original-length override) that selects the requested set.
+    """
+
+    path: Path
+    runtime: str = "llama.cpp"
+    dtype: str = "f32"
+    spec: Any = None
+    expresses_start_token: bool = False
+    switch_rule: str = "per-context"
+    isolate: bool = True
+
+    def __post_init__(self) -> None:
+        preflight(self.path)
+        self.spec, self.dtype = gguf_spec(self.path)
+
+    def logits(self, ids: Any, factor_set: str) -> Any:
+        original = self.spec.original_max_position_embeddings if self.spec is not None else N_CTX_PAD
+        choice = context_for(len(ids), original, "long" if factor_set == "long" else "short")
+        return llama_cpp_logits(self.path, [int(x) for x in ids], choice, isolate=self.isolate)
+
+
 def _child_main(argv: list[str]) -> None:
     """``python -m validation.llama_cpp_runtime PATH N_CTX OVERRIDE THREADS IDS.npy OUT.npy``."""
     import numpy as np
