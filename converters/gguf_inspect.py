@@ -49,7 +49,7 @@ def inspect_gguf(path: Path) -> dict[str, Any]:
     if info.scaling_factor is not None and info.carries_longrope:
         report["warnings"].append(f"rope.scaling.factor {info.scaling_factor} stacks linear scaling on top of "
                                   "LongRoPE in llama.cpp")
-    if info.carries_longrope or info.original_context_length is not None:
+    if info.carries_longrope or info.silent_drop:  # a silent drop still shows what the keys say
         report["longrope"] = {
             "original_context_length": info.original_context_length, "attn_factor": info.attn_factor,
             "start_token": info.start_token, "switch_policy": info.switch_policy,
@@ -57,6 +57,4 @@ def inspect_gguf(path: Path) -> dict[str, Any]:
             "short_factors": None if info.short_factors is None else list(info.short_factors),
             "factor_tensor_types": info.factor_types, "llama_cpp_selection": _how_llama_cpp_chooses(info),
         }
-        if not info.carries_longrope:
-            report["longrope"] = None if info.scaling_type != "longrope" else report["longrope"]
     return report
