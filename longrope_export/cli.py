@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .cli_common import emit, handle_errors, json_option, warn
+from .cli_common import bake_options_from, emit, handle_errors, json_option, warn
+from .cli_gguf import gguf_patch_command
 from .cli_validate import validate_group
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +55,11 @@ def inspect_command(path: Path, original: int | None, target: int | None, as_jso
 
 def _print_inspect(report: dict[str, Any]) -> None:
     click.echo(f"{report['path']}: {report['kind']}")
+    if report["kind"] == "gguf":
+        from .cli_gguf import print_gguf_inspect
+
+        print_gguf_inspect(report)
+        return
     if report["kind"] == "factor-file":
         ctx = report["contexts"]
         click.echo(f"  factors: {report['n_factors']} per vector (rotary dim {report['rotary_dim']}), "
@@ -111,7 +117,7 @@ def bake_options(func: F) -> F:
 def _run_bake(model_dir: Path, output: Path, as_json: bool, **kw: Any) -> None:
     from .bake import bake, plan_bake
 
-    options = _bake_options(kw)
+    options = bake_options_from(kw)
     plan = plan_bake(model_dir, options)
     total = sum(path.stat().st_size for path in plan.copies)
     with click.progressbar(length=total, label="copying weights", file=sys.stderr) as bar:
@@ -137,19 +143,12 @@ def bake_command(model_dir: Path, output: Path, as_json: bool, **kw: Any) -> Non
     _run_bake(model_dir, output, as_json, **kw)
 
 
-def _bake_options(kw: dict[str, Any]) -> Any:
-    from .bake import BakeOptions
-
-    return BakeOptions(factors=kw["factors"], short_factors=kw["short_factors"], policy=kw["policy"],
-                       start_token=kw["start_token"], original_max_position_embeddings=kw["original"],
-                       max_position_embeddings=kw["target"], attention_factor=kw["attention_factor"],
-                       sliding_window=kw["sliding_window"], transformers5_only=kw["transformers5_only"],
-                       link=kw["link"], force=kw["force"])
-
-
 @main.command("convert")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--to", "target_format", type=click.Choice(["hf", "onnx"]), required=True, help="Output format.")
+@click.option("--to", "target_format", type=click.Choice(["hf", "gguf", "onnx"]), required=True,
+              help="Output format.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f32", show_default=True,
+              help="gguf: tensor type of the weight matrices (norms and factor tensors stay f32).")
 @bake_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output path.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
@@ -163,23 +162,33 @@ def _bake_options(kw: dict[str, Any]) -> Any:
                    "original context (recorded in metadata; see docs/onnx.md).")
 @json_option
 @handle_errors
-def convert_command(model_dir: Path, target_format: str, output: Path, as_json: bool, dtype: str, rotary: str,
-                    opset: int | None, kv_policy: str, **kw: Any) -> None:
+def convert_command(model_dir: Path, target_format: str, outtype: str, output: Path, as_json: bool, dtype: str,
+                    rotary: str, opset: int | None, kv_policy: str, **kw: Any) -> None:
     """Convert a (baked, or base + --factors) checkpoint to another format.
 
     \b
     --to hf is the same operation as bake.
+    --to gguf writes one GGUF file (arch phi3, or llama for llama and mistral) that llama.cpp
+    runs with the checkpoint's LongRoPE.
     --to onnx writes OUTPUT/model.onnx (+ model.onnx.data over 2 GB): an ONNX causal LM whose
-    rotary is one longrope::LongRoPE node per use; base + --factors is baked on the fly.
+    rotary is one longrope::LongRoPE node per use.
+    With --factors (or any other bake option) the checkpoint is baked on the fly first.
     """
+    if target_format != "gguf" and outtype != "f32":
+        raise click.UsageError("--outtype applies to --to gguf only")
     if target_format == "hf":
         _run_bake(model_dir, output, as_json, **kw)
+        return
+    if target_format == "gguf":
+        from .cli_gguf import run_convert_gguf
+
+        run_convert_gguf(model_dir, output, outtype, as_json, **kw)
         return
     from converters.onnx_export import OnnxOptions, convert_to_onnx
 
     options = OnnxOptions(dtype=dtype, rotary=rotary, opset=opset, kv_policy=kv_policy,  # type: ignore[arg-type]
                           force=kw["force"])
-    result = convert_to_onnx(model_dir, output, options, _bake_options(kw))
+    result = convert_to_onnx(model_dir, output, options, bake_options_from(kw))
     warn(result.notes)
     data = {"output": str(result.output), "model": str(result.model_path), "opset": result.opset,
             "rotary": result.rotary, "external_data": result.external_data, "size_bytes": result.size_bytes,
@@ -220,7 +229,7 @@ def _print_demo(summary: dict[str, Any]) -> None:
 
 
 main.add_command(validate_group)
-
+main.add_command(gguf_patch_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -56,3 +56,15 @@ def warn(notes: list[str]) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of text.")
 
 
+
+
+def bake_options_from(kw: dict[str, Any]) -> Any:
+    """``BakeOptions`` from the keyword arguments of the shared bake options."""
+    from .bake import BakeOptions
+
+    return BakeOptions(factors=kw.get("factors"), short_factors=kw.get("short_factors"), policy=kw.get("policy"),
+                       start_token=kw.get("start_token"), original_max_position_embeddings=kw.get("original"),
+                       max_position_embeddings=kw.get("target"), attention_factor=kw.get("attention_factor"),
+                       sliding_window=kw.get("sliding_window") or "drop",
+                       transformers5_only=bool(kw.get("transformers5_only")), link=bool(kw.get("link")),
+                       force=bool(kw.get("force")))

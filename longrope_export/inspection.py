@@ -46,8 +46,12 @@ def spec_summary(spec: LongRoPESpec) -> dict[str, Any]:
 
 
 def inspect_path(path: Path, original: int | None = None, target: int | None = None) -> dict[str, Any]:
-    """Describe ``path``: a factor CSV, a JSON spec / longrope.json, a config.json or a model folder."""
+    """Describe ``path``: a factor CSV, a JSON spec / longrope.json, a config.json, a model folder or a GGUF file."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        from converters.gguf_inspect import inspect_gguf
+
+        return inspect_gguf(path)
     if path.is_dir():
         if (path / "config.json").exists():
             return _inspect_config(path / "config.json", path)

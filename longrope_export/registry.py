@@ -24,6 +24,10 @@ class Architecture:
     #: factors assume 4096): the user must give it.
     original_required: bool = False
     has_sliding_window: bool = False
+    #: GGUF architecture name (``gguf.MODEL_ARCH_NAMES``) llama.cpp runs this model as; ``None``: no GGUF export.
+    gguf_arch: str | None = None
+    #: llama.cpp's ``llama`` arch rotates interleaved pairs: q/k rows are permuted from HF's half-split layout.
+    gguf_permute_qk: bool = False
 
     def rotary_embedding_class(self) -> Any:
         """The stock transformers rotary embedding class (imported on demand)."""
@@ -41,12 +45,14 @@ def register(arch: Architecture) -> Architecture:
     return arch
 
 
-register(Architecture("llama", "llama", "transformers.models.llama.modeling_llama", "LlamaRotaryEmbedding"))
+register(Architecture("llama", "llama", "transformers.models.llama.modeling_llama", "LlamaRotaryEmbedding",
+                      gguf_arch="llama", gguf_permute_qk=True))
 register(Architecture("mistral", "llama", "transformers.models.mistral.modeling_mistral", "MistralRotaryEmbedding",
-                      original_required=True, has_sliding_window=True))
+                      original_required=True, has_sliding_window=True, gguf_arch="llama", gguf_permute_qk=True))
 register(Architecture("qwen2", "llama", "transformers.models.qwen2.modeling_qwen2", "Qwen2RotaryEmbedding",
                       has_sliding_window=True))
-register(Architecture("phi3", "phi3", "transformers.models.phi3.modeling_phi3", "Phi3RotaryEmbedding"))
+register(Architecture("phi3", "phi3", "transformers.models.phi3.modeling_phi3", "Phi3RotaryEmbedding",
+                      gguf_arch="phi3"))
 
 
 def architecture_for(config: dict[str, Any], source: str = "config.json") -> Architecture:

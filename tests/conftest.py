@@ -52,3 +52,36 @@ def phi3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny MistralForCausalLM with the real config's quirks: max 32768, sliding window 4096."""
     return build_checkpoint("mistral", tmp_path_factory.mktemp("mistral") / "base")
+
+
+@pytest.fixture(scope="session")
+def gguf_models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Tiny phi3 and llama checkpoints (SentencePiece tokenizers), original 256, baked to 8192 with real factors."""
+    from gguf_support import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.fixture(scope="session")
+def converted_gguf(gguf_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``converted_gguf(kind, outtype)``: the tiny baked model converted once per session."""
+    from converters.gguf_writer import convert_to_gguf
+
+    folder, cache = tmp_path_factory.mktemp("converted"), {}
+
+    def make(kind: str, outtype: str = "f32") -> Path:
+        if (kind, outtype) not in cache:
+            cache[kind, outtype] = folder / f"{kind}-{outtype}.gguf"
+            convert_to_gguf(gguf_models.baked(kind), cache[kind, outtype], outtype)
+        return cache[kind, outtype]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_converter_script() -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py, unpacked from the pinned llama-cpp-python sdist."""
+    from gguf_support import llama_cpp_converter
+
+    cache = Path(os.environ.get("LONGROPE_SDIST_CACHE", Path.home() / ".cache" / "longrope-export" / "sdist"))
+    return llama_cpp_converter(cache)
