@@ -10,6 +10,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 TORCH=${LONGROPE_TORCH:-torch==2.13.0}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q "$TORCH"
-.venv/bin/pip install -q -e ".[test,onnx]" "$TORCH"
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" .venv/bin/pip install -q -e ".[test,onnx,gguf]" "$TORCH"
 if [ ! -x .venv-hf457/bin/python ]; then "$PY" -m venv .venv-hf457; fi
 .venv-hf457/bin/pip install -q "$TORCH" "transformers==4.57.6" safetensors numpy

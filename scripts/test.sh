@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export LONGROPE_COMPAT_PYTHON="$PWD/.venv-hf457/bin/python" LONGROPE_REQUIRE_COMPAT=1
+export LONGROPE_COMPAT_PYTHON="$PWD/.venv-hf457/bin/python" LONGROPE_REQUIRE_COMPAT=1 LONGROPE_REQUIRE_LLAMA_CPP=1
 exec .venv/bin/python -m pytest "$@"
