@@ -208,7 +208,10 @@ def demo_command(output: Path, force: bool, as_json: bool) -> None:
 
     \b
     DIR/model/          the baked checkpoint (8x context)
-    DIR/reports/        rope.json, perplexity.json, passkey.json, summary.json
+    DIR/model.gguf      the GGUF export (f32)
+    DIR/onnx/           the ONNX export (fp32)
+    DIR/reports/        rope, parity (GGUF, ONNX; JSON + JUnit), perplexity,
+                        runtimes, passkey and summary JSON
     DIR/perplexity.png  perplexity against context length, one curve per method
     """
     from .demo import run_demo
@@ -225,6 +228,9 @@ def _print_demo(summary: dict[str, Any]) -> None:
                    f"{h2['perplexity']:8.2f} +- {h2['stderr']:.2f}")
     click.echo(f"same order on both halves: {summary['same_order_on_both_halves']}; "
                f"no scaling worse at 8x than 1x: {summary['no_scaling_worse_at_8x_than_1x']}")
+    for item in summary["runtimes"]:
+        click.echo(f"8x perplexity through {item['runtime']}: {item['perplexity']:.4f} vs torch "
+                   f"{item['torch_perplexity']:.4f} (relative difference {item['relative_difference']:.2e})")
     click.echo(f"passkey accuracy: {summary['passkey']}")
 
 

@@ -62,7 +62,16 @@ def load_runtime(model: Path, runtime: str, device: str, spec: Any = None) -> An
         from validation.torch_runtime import TorchRuntime
 
         return TorchRuntime.load(model, spec=spec, device=device)
-    raise InputError(f"--runtime {runtime} is not available in this build", fix="use --runtime torch")
+    if spec is not None:
+        raise InputError("--baselines run on the torch runtime only (they patch the checkpoint's rotary)",
+                         fix="drop --baselines or use --runtime torch")
+    if runtime == "llama.cpp":
+        from validation.export_nll import LlamaCppNll
+
+        return LlamaCppNll(model)
+    from validation.export_nll import OnnxNll
+
+    return OnnxNll(model)
 
 
 def load_tokenizer(path: Path) -> Any:
