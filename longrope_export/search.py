@@ -36,6 +36,8 @@ Fitness = Callable[[LongRoPESpec], float]
 DECIMALS = 4
 #: Attempts at drawing a child not scored before, before scoring a duplicate from the cache.
 MAX_RETRIES = 8
+#: The mutation step shrinks geometrically to this fraction by the last generation.
+FINAL_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class SearchResult:
         """What to record beside the spec: the method, its settings and its history."""
         return {"method": "evolutionary search (LongRoPE)", "settings": asdict(self.settings),
                 "best_fitness": self.best.fitness, "best_origin": self.best.origin,
-                "seed_fitness": self.baselines, "history": [asdict(record) for record in self.history]}
+                "seed_fitness": self.baselines,
+                "seed_fitness_note": "the PI, NTK and YaRN factor vectors under this spec's attention factor",
+                "history": [asdict(record) for record in self.history]}
 
 
 def monotone_projection(values: Sequence[float]) -> list[float]:
@@ -146,11 +150,14 @@ def seed_vectors(template: LongRoPESpec) -> dict[str, tuple[float, ...]]:
     return {name: constrain([math.log(f) for f in factors], ceiling) for name, factors in raw.items()}
 
 
-def mutate(factors: Sequence[float], rng: random.Random, settings: SearchSettings,
-           ceiling: float) -> tuple[float, ...]:
-    """Move some factors by log-normal noise, or shift one contiguous block of them together."""
+def mutate(factors: Sequence[float], rng: random.Random, settings: SearchSettings, ceiling: float,
+           shrink: float = 1.0) -> tuple[float, ...]:
+    """Move some factors by log-normal noise, or shift one contiguous block of them together.
+
+    ``shrink`` scales the step: later generations refine rather than explore.
+    """
     logs = [math.log(f) for f in factors]
-    step = settings.mutation_step * math.exp(rng.uniform(math.log(0.25), math.log(2.5)))
+    step = shrink * settings.mutation_step * math.exp(rng.uniform(math.log(0.25), math.log(2.5)))
     if rng.random() < 0.3:  # block shift: moves runs of equal factors that pointwise noise cannot
         first = rng.randrange(len(logs))
         last = rng.randrange(first, len(logs)) + 1
@@ -231,8 +238,9 @@ def _initial(scorer: _Scorer, rng: random.Random, settings: SearchSettings,
 
 
 def _next_generation(parents: list[Candidate], scorer: _Scorer, rng: random.Random, settings: SearchSettings,
-                     ceiling: float) -> list[Candidate]:
+                     ceiling: float, generation: int) -> list[Candidate]:
     new = settings.population - len(parents)
+    shrink = FINAL_STEP ** (generation / max(1, settings.generations))
     children: list[Candidate] = []
     for index in range(new):
         if index % 2 == 0 or len(parents) < 2:
@@ -240,7 +248,7 @@ def _next_generation(parents: list[Candidate], scorer: _Scorer, rng: random.Rand
 
             def draw(p: Candidate = parent) -> tuple[tuple[float, ...], int]:
                 start = rng.choice(settings.start_tokens) if rng.random() < 0.2 else p.start_token
-                return mutate(p.factors, rng, settings, ceiling), start
+                return mutate(p.factors, rng, settings, ceiling, shrink), start
 
             origin = "mutation"
         else:
@@ -287,7 +295,7 @@ def search(template: LongRoPESpec, fitness: Fitness, settings: SearchSettings | 
         progress(history[-1])
     for generation in range(1, settings.generations + 1):
         parents = sorted(population, key=lambda c: c.fitness)[: settings.n_parents]
-        population = parents + _next_generation(parents, scorer, rng, settings, ceiling)
+        population = parents + _next_generation(parents, scorer, rng, settings, ceiling, generation)
         history.append(_record(generation, population, len(scorer.cache)))
         if progress:
             progress(history[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,16 @@ from click.testing import CliRunner
 
 from longrope_export.baselines import baseline_spec
 from longrope_export.cli import main
-from longrope_export.search import SearchSettings, constrain, is_valid, monotone_projection, search, seed_vectors
+from longrope_export.search import (
+    SearchSettings,
+    constrain,
+    crossover,
+    is_valid,
+    monotone_projection,
+    mutate,
+    search,
+    seed_vectors,
+)
 from longrope_export.spec import LongRoPESpec
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "longrope_export" / "data" / "demo_model"
@@ -36,7 +46,8 @@ def test_monotone_projection_and_constrain() -> None:
 
 def test_every_individual_obeys_the_constraints() -> None:
     seen: list[LongRoPESpec] = []
-    wild = [0.2 if i % 2 else 40.0 for i in range(16)]  # decreasing steps, below 1 and above 1.25*s
+    # pulls below 1, above 1.25*s, and downwards between neighbours
+    wild = [0.2 if i % 2 else 40.0 for i in range(8)] + [40.0] * 8
 
     def fitness(spec: LongRoPESpec) -> float:
         seen.append(spec)
@@ -49,8 +60,17 @@ def test_every_individual_obeys_the_constraints() -> None:
         assert spec.short_factors == spec.long_factors and spec.policy == "long-only"
         assert spec.start_token in (0, 4, 8)
         assert spec.rotary_dim == 32 and spec.max_position_embeddings == 2048
-    assert max(max(s.long_factors[0]) for s in seen) == CEILING  # the pull above 1.25*s was clipped
     assert len({(s.long_factors, s.start_token) for s in seen}) == len(seen)  # no individual scored twice
+
+
+def test_mutation_and_crossover_stay_inside_the_bounds() -> None:
+    rng, settings = random.Random(0), SearchSettings(mutation_step=1.0)  # big steps hit both bounds
+    low, high = (1.0,) * 16, (CEILING,) * 16
+    children = [mutate(parent, rng, settings, CEILING) for parent in (low, high) for _ in range(100)]
+    children += [crossover(low, high, rng, CEILING) for _ in range(100)]
+    assert all(is_valid(child, CEILING) for child in children)
+    assert any(1.0 in child and CEILING in child for child in children)  # clipped, not rejected
+    assert len(set(children)) > 150  # many distinct children (at a bound, half the moves clip back)
 
 
 def test_search_approaches_a_known_optimum() -> None:
