@@ -2,7 +2,8 @@
 
 Reads only the held-out books (``demo_eval.txt.gz``), cuts them into non-overlapping 2049-token
 windows (all of them) and reports, per method, perplexity +- standard error, the same on the even
-and the odd windows (two disjoint halves), and on how many windows it beats YaRN.
+and the odd windows (two disjoint halves), and on how many windows it beats YaRN and the
+YaRN-initialised LongRoPE factors (``longrope-init``).
 
     python scripts/compare_demo_factors.py [--factors longrope_export/data/demo_model/longrope_factors_8x.json]
 """
@@ -48,16 +49,18 @@ def main() -> None:
         specs[method] = baseline_spec(method, rotary_dim=searched.rotary_dim, rope_theta=searched.rope_theta,
                                       original=searched.original_max_position_embeddings, target=LENGTH)
     points = {name: perplexity(TorchRuntime.load(MODEL, spec=spec), ids, LENGTH, name) for name, spec in specs.items()}
-    yarn = points["yarn"].window_nll
+    yarn, init = points["yarn"].window_nll, points["longrope-init"].window_nll
     rows = {}
     print(f"held-out perplexity at {LENGTH} ({points['yarn'].windows} windows, {points['yarn'].tokens} tokens)")
     for name, point in points.items():
         halves = [math.exp(sum(point.window_nll[h::2]) / len(point.window_nll[h::2])) for h in (0, 1)]
         wins = sum(a < b for a, b in zip(point.window_nll, yarn, strict=True))
+        wins_init = sum(a < b for a, b in zip(point.window_nll, init, strict=True))
         rows[name] = {"perplexity": point.perplexity, "stderr": point.stderr, "even_windows": halves[0],
-                      "odd_windows": halves[1], "windows_beating_yarn": wins, "windows": point.windows}
+                      "odd_windows": halves[1], "windows_beating_yarn": wins,
+                      "windows_beating_longrope_init": wins_init, "windows": point.windows}
         print(f"  {name:<14} {point.perplexity:7.2f} +- {point.stderr:.2f}   even {halves[0]:7.2f}   "
-              f"odd {halves[1]:7.2f}   beats YaRN on {wins}/{point.windows} windows")
+              f"odd {halves[1]:7.2f}   beats YaRN / longrope-init on {wins} / {wins_init} of {point.windows} windows")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -4,7 +4,7 @@ Calibration windows come from the books the model was trained on (``load_books``
 of ``train_demo_model.py``); the held-out books in ``demo_eval.txt.gz`` are never read here.
 Writes ``longrope_export/data/demo_model/longrope_factors_8x.json`` (replacing it).
 
-    python scripts/search_demo_factors.py [--population 16] [--generations 8] [--windows 8] [--seed 0]
+    python scripts/search_demo_factors.py [--population 16] [--generations 12] [--windows 8] [--seed 0]
 
 ``n_hat`` is not searched (fixed at 0): REFERENCE.md s.6 found it changed nothing measurable on this
 model, and HF configs and llama.cpp cannot carry it, so a searched ``n_hat`` would not survive export.
@@ -42,7 +42,7 @@ MODEL = ROOT / "longrope_export" / "data" / "demo_model"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--generations", type=int, default=12)  # ~4.5 min on 1 core
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
