@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .cli_common import bake_options_from, emit, handle_errors, json_option, warn
 from .cli_gguf import gguf_patch_command
+from .cli_search import search_command
 from .cli_validate import validate_group
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,6 +237,7 @@ def _print_demo(summary: dict[str, Any]) -> None:
 
 main.add_command(validate_group)
 main.add_command(gguf_patch_command)
+main.add_command(search_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

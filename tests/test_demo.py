@@ -59,9 +59,11 @@ def test_reversed_factor_order_is_caught(demo, tmp_path: Path) -> None:
 
     out, summary = demo
     spec = load_spec_json(out / "reports" / "demo_factors.json")
-    reversed_spec = spec.replace(long_factors=(spec.factors("long")[::-1],), short_factors=(spec.factors("long")[::-1],))
+    flipped = (spec.factors("long")[::-1],)
+    reversed_spec = spec.replace(long_factors=flipped, short_factors=flipped)
     (tmp_path / "reversed.json").write_text(json.dumps(reversed_spec.to_dict()))
-    broken = bake(data_dir() / "demo_model", tmp_path / "broken", BakeOptions(factors=tmp_path / "reversed.json")).output
+    options = BakeOptions(factors=tmp_path / "reversed.json")
+    broken = bake(data_dir() / "demo_model", tmp_path / "broken", options).output
     with prepared_plan(broken, tmp_path / "broken.gguf", "f32", None, False) as plan:
         write_gguf(plan, tmp_path / "broken.gguf", False)
     # the spec gate: the broken export does not carry the reference's factors
