@@ -56,12 +56,19 @@ def _print_rope_check(result: dict[str, Any]) -> None:
 
 
 
-def load_runtime(model: Path, runtime: str, device: str, spec: Any = None) -> Any:
+def load_runtime(model: Path, runtime: str, device: str, spec: Any = None, dtype: str = "fp32",
+                 device_map: str | None = None) -> Any:
     """The runtime that runs MODEL (torch for a checkpoint folder)."""
     if runtime == "torch":
+        import torch
+
         from validation.torch_runtime import TorchRuntime
 
-        return TorchRuntime.load(model, spec=spec, device=device)
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        return TorchRuntime.load(model, spec=spec, device=device, dtype=torch_dtype, device_map=device_map)
+    if dtype != "fp32" or device_map:
+        raise InputError(f"--dtype {dtype} / --device-map apply to --runtime torch only",
+                         fix="drop them, or use --runtime torch")
     if spec is not None:
         raise InputError("--baselines run on the torch runtime only (they patch the checkpoint's rotary)",
                          fix="drop --baselines or use --runtime torch")
@@ -72,6 +79,16 @@ def load_runtime(model: Path, runtime: str, device: str, spec: Any = None) -> An
     from validation.export_nll import OnnxNll
 
     return OnnxNll(model)
+
+
+def tokenizer_dir(model: Path, tokenizer: Path | None) -> Path:
+    """Where the tokenizer lives: --tokenizer, else MODEL when it is a folder with tokenizer files."""
+    if tokenizer is not None:
+        return tokenizer
+    if model.is_dir() and any((model / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
+        return model
+    raise InputError("no tokenizer next to the model", path=model,
+                     fix="pass --tokenizer DIR (the checkpoint the export was made from)")
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -98,6 +115,10 @@ runtime_option = click.option("--runtime", type=click.Choice(["torch", "onnxrunt
                               default="torch", show_default=True, help="Runtime that runs MODEL.")
 device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                              help="torch device (cuda: fp32 rotary math with TF32 off).")
+dtype_option = click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                            help="torch weights dtype; rotary angles stay fp32.")
+device_map_option = click.option("--device-map", help="torch: from_pretrained device_map (e.g. auto: several GPUs "
+                                 "through accelerate; untested here, no GPU).")
 
 
 @validate_group.command("perplexity")
@@ -111,24 +132,27 @@ device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), def
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (default: MODEL).")
 @runtime_option
 @device_option
+@dtype_option
+@device_map_option
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of perplexity against length.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
 @json_option
 @handle_errors
 def validate_perplexity_command(model: Path, data: tuple[Path, ...], lengths: str, stride: int | None,
                                 max_tokens: int | None, baselines: str | None, tokenizer: Path | None,
-                                runtime: str, device: str, plot: Path | None, report: Path | None,
-                                as_json: bool) -> None:
+                                runtime: str, device: str, dtype: str, device_map: str | None, plot: Path | None,
+                                report: Path | None, as_json: bool) -> None:
     """Perplexity of MODEL on long documents at several context lengths (mean and standard error)."""
     from validation.perplexity import as_dicts, perplexity, read_documents, windows
     from validation.perplexity import plot as plot_points
 
     points_lengths = parse_lengths(lengths) or []
-    ids = _encode(load_tokenizer(tokenizer or model), read_documents(data))
+    ids = _encode(load_tokenizer(tokenizer_dir(model, tokenizer)), read_documents(data))
     runs = [("model", None)] + [(label, label) for label in baseline_labels(baselines)]
     points = []
     for label, method in runs:
-        run = load_runtime(model, runtime, device, _baseline_for(model, method) if method else None)
+        run = load_runtime(model, runtime, device, _baseline_for(model, method) if method else None, dtype,
+                           device_map)
         for length in points_lengths:
             count = len(windows(len(ids), length, stride, max_tokens))
             with click.progressbar(length=count, label=f"{label} @ {length}", file=sys.stderr) as bar:
@@ -180,7 +204,7 @@ def validate_passkey_command(model: Path, lengths: str, trials: int, seed: int, 
     """Passkey retrieval accuracy of MODEL per prompt length."""
     from validation.passkey import as_dicts, passkey
 
-    tok = load_tokenizer(tokenizer or model)
+    tok = load_tokenizer(tokenizer_dir(model, tokenizer))
     run = load_runtime(model, runtime, device)
     results = []
     for length in parse_lengths(lengths) or []:

@@ -30,15 +30,26 @@ class TorchRuntime:
 
     @classmethod
     def load(cls, path: Path, spec: LongRoPESpec | None = None, device: str = "cpu",
-             dtype: torch.dtype = torch.float32) -> TorchRuntime:
-        """Load ``path``; with ``spec`` given (a baseline, say) its rotary replaces the model's."""
+             dtype: torch.dtype = torch.float32, device_map: str | None = None) -> TorchRuntime:
+        """Load ``path``; with ``spec`` given (a baseline, say) its rotary replaces the model's.
+
+        ``dtype`` bf16/fp16 runs the weights in half precision while the rotary angles stay fp32
+        (``rope.py`` computes them, then casts). ``device_map`` (e.g. ``auto``) spreads a model over
+        several GPUs through accelerate: written to the transformers API, untested here (no GPU).
+        """
         from transformers import AutoModelForCausalLM
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeUnavailable("CUDA requested but torch sees no GPU", fix="use --device cpu")
         if not (Path(path) / "config.json").exists():
             raise InputError("no config.json", path=path, fix="give a Hugging Face checkpoint folder")
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+        if device.startswith("cuda"):
+            torch.set_float32_matmul_precision("highest")  # TF32 would round the angle products
+        if device_map:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map).eval()
+            device = str(next(model.parameters()).device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
         if spec is None and _has_longrope(Path(path)):
             spec = checkpoint_spec(Path(path))
         if spec is not None:
