@@ -79,6 +79,24 @@ class LlamaCppNll:
             out.append(_nll(logits.reshape(len(segment), vocab), targets))
         return torch.from_numpy(np.concatenate(out)[score_from:]).float()
 
+    def greedy(self, ids: torch.Tensor, new_tokens: int) -> list[int]:
+        """Greedy continuation in one context sized for prompt + new tokens."""
+        tokens = [int(x) for x in ids]
+        model = self._model(len(tokens) + new_tokens)
+        model._ctx.kv_cache_clear()
+        vocab, out, n_past = model.n_vocab(), [], 0
+        pending = tokens
+        for _ in range(new_tokens):
+            for start in range(0, len(pending), self.batch):
+                segment = pending[start: start + self.batch]
+                model._batch.set_batch(batch=segment, n_past=n_past, logits_all=False)  # logits of the last token
+                model._ctx.decode(model._batch)
+                n_past += len(segment)
+            logits = np.ctypeslib.as_array(model._ctx.get_logits(), shape=(vocab,))
+            out.append(int(logits.argmax()))
+            pending = [out[-1]]
+        return out
+
     def close(self) -> None:
         for model in self._models.values():
             model.close()
@@ -114,3 +132,12 @@ class OnnxNll:
                 parts.append(_nll(logits[0], targets[start: start + SEGMENT]))
             nll = np.concatenate(parts)
         return torch.from_numpy(nll[score_from:]).float()
+
+    def greedy(self, ids: torch.Tensor, new_tokens: int) -> list[int]:
+        """Greedy continuation; each step runs the whole sequence, so no key rotated with the
+        short factors survives a crossing of the switch."""
+        seq = [int(x) for x in ids]
+        out: list[int] = []
+        for _ in range(new_tokens):
+            out.append(int(self.session.logits(np.asarray(seq + out, dtype=np.int64))[-1].argmax()))
+        return out
