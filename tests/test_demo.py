@@ -75,3 +75,16 @@ def test_reversed_factor_order_is_caught(demo, tmp_path: Path) -> None:
     good = perplexity(LlamaCppNll(out / "model.gguf"), ids, 2048, "good").perplexity
     bad = perplexity(LlamaCppNll(tmp_path / "broken.gguf"), ids, 2048, "reversed").perplexity
     assert abs(bad - good) / good > 100 * RUNTIME_TOLERANCE, (good, bad)
+
+
+def test_greedy_decoding_agrees_across_runtimes(demo) -> None:
+    from validation.export_nll import LlamaCppNll, OnnxNll
+    from validation.passkey import passkey_prompt
+    from validation.torch_runtime import TorchRuntime
+
+    out, _ = demo
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "model"))
+    ids = passkey_prompt(tokenizer, 600, "12345", 0.5)  # past the original context: long factors
+    want = TorchRuntime.load(out / "model").greedy(ids, 6)
+    assert LlamaCppNll(out / "model.gguf").greedy(ids, 6) == want
+    assert OnnxNll(out / "onnx").greedy(ids, 6) == want
