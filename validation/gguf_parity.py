@@ -4,9 +4,10 @@ Both runtimes see the same token ids; for each length the context size (or the o
 override) is chosen so llama.cpp uses the factor set transformers' switch picks. The f32 error
 grows with position (ggml builds fp32 angles step by step; REFERENCE.md s.3 measured 6.3e-4 at
 300 tokens up to 2.3e-2 at 8192 with logit scale ~9), so the tolerance is relative to the logit
-scale (max |reference logit|) and grows with length: ``scale * max(1e-3, 2e-6 * n_tokens)``. KL
-and top-1 agreement are gated too, and every report also shows the error of the wrong factor set
-and of plain RoPE, which a working export must beat by orders of magnitude.
+scale (max |reference logit|) and grows with length: the llama.cpp f32 entry of
+``tolerances.py``, the same bound ``validate parity`` applies. KL and top-1 agreement are gated
+too, and every report also shows the error of the wrong factor set and of plain RoPE, which a
+working export must beat by orders of magnitude.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from typing import Any
 from longrope_export import rope
 from longrope_export.spec import LongRoPESpec
 
-RELATIVE_TOLERANCE = 1e-3
-RELATIVE_TOLERANCE_PER_TOKEN = 2e-6
-MAX_KL = 1e-4
-MIN_TOP1 = 0.99
+from .parity import kl_and_top1
+from .tolerances import tolerance_for
+
+F32 = tolerance_for("llama.cpp", "f32")
 
 
 def tolerance(logit_scale: float, n_tokens: int) -> float:
     """Allowed max abs logit error for an f32 file at ``n_tokens`` positions."""
-    return logit_scale * max(RELATIVE_TOLERANCE, RELATIVE_TOLERANCE_PER_TOKEN * n_tokens)
+    return F32.max_abs(logit_scale, n_tokens)
 
 
 def compare_logits(reference: Any, got: Any) -> dict[str, float]:
@@ -34,13 +35,9 @@ def compare_logits(reference: Any, got: Any) -> dict[str, float]:
 
     ref = np.asarray(reference, dtype=np.float64)
     out = np.asarray(got, dtype=np.float64)
-    log_p = ref - ref.max(-1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
-    log_q = out - out.max(-1, keepdims=True)
-    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    kl, top1 = kl_and_top1(ref, out)
     return {"max_abs_error": float(np.abs(ref - out).max()), "logit_scale": float(np.abs(ref).max()),
-            "mean_kl": float(kl.mean()), "top1_agreement": float((ref.argmax(-1) == out.argmax(-1)).mean())}
+            "mean_kl": kl, "top1_agreement": top1}
 
 
 def token_ids(n_tokens: int, vocab_size: int) -> list[int]:
@@ -98,7 +95,7 @@ def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: in
         with_n_hat = _hf_logits(model, spec, ids)
         result["start_token_effect"] = compare_logits(reference, with_n_hat)["max_abs_error"]
     result["passed"] = (not gated) or (result["max_abs_error"] <= result["tolerance"]
-                                       and result["mean_kl"] <= MAX_KL and result["top1_agreement"] >= MIN_TOP1)
+                                       and result["mean_kl"] <= F32.max_kl and result["top1_agreement"] >= F32.min_top1)
     return result
 
 
@@ -131,6 +128,6 @@ def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (6
     results = [_length_report(gguf_path, model, spec, n, gated, isolate) for n in lengths]
     return {"gguf": str(gguf_path), "checkpoint": str(checkpoint), "file_type": file_type, "gated": gated,
             "policy": spec.policy, "original_context": spec.original_max_position_embeddings,
-            "tolerance_rule": f"logit_scale * max({RELATIVE_TOLERANCE}, {RELATIVE_TOLERANCE_PER_TOKEN} * n_tokens); "
-                              f"mean KL <= {MAX_KL}; top-1 >= {MIN_TOP1}",
+            "tolerance_rule": f"max({F32.floor}, {F32.rel} * logit_scale, {F32.per_position} * logit_scale * "
+                              f"n_tokens); mean KL <= {F32.max_kl}; top-1 >= {F32.min_top1}",
             "lengths": results, "passed": all(item["passed"] for item in results)}
