@@ -15,10 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from longrope_export import rope
 from longrope_export.spec import LongRoPESpec
 
-from .parity import kl_and_top1
+from .parity import ReferenceRunner, kl_and_top1
 from .tolerances import tolerance_for
 
 F32 = tolerance_for("llama.cpp", "f32")
@@ -51,16 +53,6 @@ def _plain_spec(spec: LongRoPESpec) -> LongRoPESpec:
                         attention_factor=1.0)
 
 
-def _hf_logits(model: Any, spec: LongRoPESpec, ids: list[int]) -> Any:
-    import torch
-
-    from longrope_export.hf_loader import patch_rotary
-
-    patch_rotary(model, spec)
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
-
-
 def _file_type(path: Path) -> str:
     import gguf
 
@@ -70,20 +62,21 @@ def _file_type(path: Path) -> str:
     return "unknown" if value is None else gguf.LlamaFileType(int(value)).name
 
 
-def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: int, gated: bool,
+def _length_report(gguf_path: Path, runner: ReferenceRunner, spec: LongRoPESpec, n_tokens: int, gated: bool,
                    isolate: bool) -> dict[str, Any]:
     from .llama_cpp_runtime import context_for, llama_cpp_logits
 
-    ids = token_ids(n_tokens, int(model.config.vocab_size))
+    ids = token_ids(n_tokens, runner.vocab)
     which = rope.factor_set_for(spec, n_tokens)
     runtime_spec = spec.replace(start_token=0)  # llama.cpp has no start-token threshold
-    reference = _hf_logits(model, runtime_spec, ids)
+    reference = runner.logits(runtime_spec, np.asarray(ids))
     choice = context_for(n_tokens, spec.original_max_position_embeddings, which)
     result: dict[str, Any] = {"n_tokens": n_tokens, "factor_set": which, "n_ctx": choice.n_ctx,
                               "original_override": choice.original_override,
                               **compare_logits(reference, llama_cpp_logits(gguf_path, ids, choice, isolate=isolate))}
     result["tolerance"] = tolerance(result["logit_scale"], n_tokens)
-    result["plain_rope_error"] = compare_logits(reference, _hf_logits(model, _plain_spec(spec), ids))["max_abs_error"]
+    plain = runner.logits(_plain_spec(spec), np.asarray(ids))
+    result["plain_rope_error"] = compare_logits(reference, plain)["max_abs_error"]
     if spec.policy == "switch":
         other = "short" if which == "long" else "long"
         wrong = context_for(n_tokens, spec.original_max_position_embeddings, other)
@@ -92,7 +85,7 @@ def _length_report(gguf_path: Path, model: Any, spec: LongRoPESpec, n_tokens: in
         result["wrong_factor_set_error"] = compare_logits(
             reference, llama_cpp_logits(gguf_path, ids, wrong, isolate=isolate))["max_abs_error"]
     if spec.start_token > 0:
-        with_n_hat = _hf_logits(model, spec, ids)
+        with_n_hat = runner.logits(spec, np.asarray(ids))
         result["start_token_effect"] = compare_logits(reference, with_n_hat)["max_abs_error"]
     result["passed"] = (not gated) or (result["max_abs_error"] <= result["tolerance"]
                                        and result["mean_kl"] <= F32.max_kl and result["top1_agreement"] >= F32.min_top1)
@@ -112,7 +105,6 @@ def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (6
         True
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     from longrope_export.hf_loader import checkpoint_spec
 
@@ -124,8 +116,8 @@ def gguf_parity(gguf_path: Path, checkpoint: Path, lengths: tuple[int, ...] = (6
     file_type = _file_type(gguf_path)
     gated = file_type == "ALL_F32"
     torch.set_flush_denormal(True)
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
-    results = [_length_report(gguf_path, model, spec, n, gated, isolate) for n in lengths]
+    runner = ReferenceRunner(checkpoint)
+    results = [_length_report(gguf_path, runner, spec, n, gated, isolate) for n in lengths]
     return {"gguf": str(gguf_path), "checkpoint": str(checkpoint), "file_type": file_type, "gated": gated,
             "policy": spec.policy, "original_context": spec.original_max_position_embeddings,
             "tolerance_rule": f"max({F32.floor}, {F32.rel} * logit_scale, {F32.per_position} * logit_scale * "
