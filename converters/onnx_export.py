@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from longrope_export import __version__, rope
 from longrope_export.bake import BakeOptions
-from longrope_export.checkpoint import atomic_output_dir
+from longrope_export.checkpoint import atomic_output_dir, check_no_overlap
 from longrope_export.errors import CheckFailed, InputError, OutputExistsError
 from longrope_export.registry import architecture_for
 from longrope_export.sources import model_geometry, read_json
@@ -246,11 +246,8 @@ def convert_to_onnx(model_dir: Path, output: Path, options: OnnxOptions = OnnxOp
     if not (model_dir / "config.json").exists():
         raise InputError("model folder has no config.json", path=model_dir, fix="give a Hugging Face checkpoint folder")
     architecture_for(read_json(model_dir / "config.json"), str(model_dir / "config.json"))
-    resolved, source = output.resolve(), model_dir.resolve()
-    if resolved == source or source in resolved.parents or resolved in source.parents:
-        raise InputError(f"output {output} overlaps the input {model_dir}", path=output,
-                         fix="write to a folder outside the input (inputs are never modified)")
-    if bake_options is None or not wants_bake(bake_options):
+    check_no_overlap(output, (model_dir,))
+    if bake_options is None or not bake_options.changes_longrope():
         return export_onnx(model_dir, output, checkpoint_spec(model_dir), options)
     with tempfile.TemporaryDirectory(prefix="longrope-onnx-") as scratch:
         baked = Path(scratch) / "baked"
@@ -258,13 +255,6 @@ def convert_to_onnx(model_dir: Path, output: Path, options: OnnxOptions = OnnxOp
         exported = export_onnx(baked, output, result.spec, options)
     exported.notes[:0] = result.notes
     return exported
-
-
-def wants_bake(options: BakeOptions) -> bool:
-    """True when the options change the checkpoint's LongRoPE (factors, contexts, policy, n_hat...)."""
-    return any(value is not None for value in (
-        options.factors, options.short_factors, options.policy, options.start_token,
-        options.original_max_position_embeddings, options.max_position_embeddings, options.attention_factor))
 
 
 def read_onnx_spec(path: Path) -> tuple[LongRoPESpec, dict[str, str]]:

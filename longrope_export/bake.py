@@ -40,6 +40,13 @@ class BakeOptions:
     link: bool = False
     force: bool = False
 
+    def changes_longrope(self) -> bool:
+        """True when the options change the checkpoint's LongRoPE (factors, contexts, policy, n_hat...):
+        ``convert`` then bakes on the fly first."""
+        return any(value is not None for value in (
+            self.factors, self.short_factors, self.policy, self.start_token,
+            self.original_max_position_embeddings, self.max_position_embeddings, self.attention_factor))
+
 
 @dataclass
 class BakePlan:

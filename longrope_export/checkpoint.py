@@ -121,16 +121,21 @@ def files_to_copy(model_dir: Path) -> tuple[list[Path], list[str]]:
     return keep, notes
 
 
-@contextlib.contextmanager
-def atomic_output_dir(target: Path, force: bool, sources: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; rename it to ``target`` on success, remove it on error."""
-    target = Path(target)
-    resolved = target.resolve()
+def check_no_overlap(target: Path, sources: tuple[Path, ...]) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs (inputs are never modified)."""
+    resolved = Path(target).resolve()
     for source in sources:
         src = Path(source).resolve()
         if resolved == src or src in resolved.parents or resolved in src.parents:
             raise InputError(f"output {target} overlaps the input {source}", path=target,
                              fix="write to a folder outside the input (inputs are never modified)")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: Path, force: bool, sources: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; rename it to ``target`` on success, remove it on error."""
+    target = Path(target)
+    check_no_overlap(target, sources)
     if target.exists() and not force:
         raise OutputExistsError("output already exists", path=target, fix="pass --force to replace it")
     if target.exists() and not target.is_dir():

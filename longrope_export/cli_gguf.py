@@ -14,15 +14,13 @@ from .cli_common import bake_options_from, emit, handle_errors, json_option, war
 from .cli_validate import validate_group
 from .errors import EXIT_CHECK_FAILED
 
-#: bake options that ask for baking on the fly (the rest only shape how baking is done).
-BAKE_TRIGGERS = ("factors", "short_factors", "policy", "start_token", "original", "target", "attention_factor")
-
 
 def run_convert_gguf(model_dir: Path, output: Path, outtype: str, as_json: bool, **kw: Any) -> None:
     """``convert --to gguf``."""
     from converters.gguf_writer import prepared_plan, total_bytes, write_gguf
 
-    options = bake_options_from(kw) if any(kw.get(name) is not None for name in BAKE_TRIGGERS) else None
+    options = bake_options_from(kw)
+    options = options if options.changes_longrope() else None
     force = bool(kw.get("force"))
     with prepared_plan(model_dir, output, outtype, options, force) as plan:
         with click.progressbar(length=total_bytes(plan), label="writing GGUF", file=sys.stderr) as bar:
